@@ -1,0 +1,197 @@
+//! The admin listener (`listen.admin`, loopback by default): `/metrics` in Prometheus text
+//! format, `/healthz`, and the JSON API the CLI and the TUI read (`/api/routes`). It sees the
+//! proxy only through [`App`]'s tables and counters.
+
+use crate::gate::{self, Evidence, Thresholds};
+use crate::proxy::body::{full, ProxyBody};
+use crate::proxy::App;
+use crate::stats::Counts;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(route(&app, req).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<ProxyBody> {
+    let body = serde_json::to_vec_pretty(v)
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            refresh_gauges(app);
+            let mut r = Response::new(full(Bytes::from(app.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => {
+            let mut r = Response::new(full(Bytes::from_static(b"ok\n")));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        }
+        (&Method::GET, "/api/routes") => json(StatusCode::OK, &routes_view(app)),
+        (_, "/metrics" | "/healthz" | "/api/routes") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+pub fn thresholds(app: &App) -> Thresholds {
+    Thresholds {
+        min_samples: app.config.gate.min_samples,
+        max_mismatch_rate: *app.config.gate.max_mismatch_rate.get_ref(),
+        confidence: *app.config.gate.confidence.get_ref(),
+    }
+}
+
+/// Evidence for the gate from a route's window.
+pub fn evidence(c: &Counts) -> Evidence {
+    Evidence {
+        samples: c.samples(),
+        failures: c.mismatches + c.errors,
+    }
+}
+
+/// Sets the gauges computed from windows (mismatch ratio, gate) just before a scrape.
+fn refresh_gauges(app: &App) {
+    let t = thresholds(app);
+    for e in app.routes.all() {
+        let c = e.stats.window_sum();
+        if c.requests == 0 && c.samples() == 0 && e.pattern.is_none() {
+            continue;
+        }
+        let v = gate::verdict(evidence(&c), &t);
+        app.metrics
+            .mismatch_ratio
+            .with_label_values(&[&e.label])
+            .set(v.rate);
+        app.metrics
+            .gate_passing
+            .with_label_values(&[&e.label])
+            .set(i64::from(v.passing));
+    }
+}
+
+#[derive(Serialize)]
+pub struct GateView {
+    pub passing: bool,
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+pub struct RouteView {
+    pub route: String,
+    pub mode: &'static str,
+    pub percent: u8,
+    pub requests: u64,
+    pub mirrored: u64,
+    pub samples: u64,
+    pub matches: u64,
+    pub mismatches: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    pub mismatch_rate: f64,
+    pub mismatch_upper_bound: f64,
+    pub gate: GateView,
+    pub legacy_p50_ms: Option<f64>,
+    pub legacy_p99_ms: Option<f64>,
+    pub candidate_p50_ms: Option<f64>,
+    pub candidate_p99_ms: Option<f64>,
+    pub noise: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct RoutesView {
+    pub state_version: u64,
+    pub uptime_secs: u64,
+    pub routes: Vec<RouteView>,
+}
+
+pub fn routes_view(app: &App) -> RoutesView {
+    let t = thresholds(app);
+    let mut routes = Vec::new();
+    for e in app.routes.all() {
+        let c = e.stats.window_sum();
+        if e.pattern.is_none() && c.requests == 0 && c.samples() == 0 && c.skipped == 0 {
+            // `other` and idle automatic labels say nothing.
+            continue;
+        }
+        let v = gate::verdict(evidence(&c), &t);
+        routes.push(RouteView {
+            route: e.label.clone(),
+            mode: e.mode().as_str(),
+            percent: e.percent(),
+            requests: c.requests,
+            mirrored: c.mirrored,
+            samples: c.samples(),
+            matches: c.matches,
+            mismatches: c.mismatches,
+            errors: c.errors,
+            skipped: c.skipped,
+            mismatch_rate: v.rate,
+            mismatch_upper_bound: v.upper_bound,
+            gate: GateView {
+                passing: v.passing,
+                reason: v.reason,
+            },
+            legacy_p50_ms: Counts::quantile_ms(&c.legacy_lat, 0.5),
+            legacy_p99_ms: Counts::quantile_ms(&c.legacy_lat, 0.99),
+            candidate_p50_ms: Counts::quantile_ms(&c.candidate_lat, 0.5),
+            candidate_p99_ms: Counts::quantile_ms(&c.candidate_lat, 0.99),
+            noise: Vec::new(),
+        });
+    }
+    RoutesView {
+        state_version: 0,
+        uptime_secs: app.started.elapsed().as_secs(),
+        routes,
+    }
+}

@@ -1,0 +1,456 @@
+//! The comparison of two captured responses, after normalization: status, headers, then the
+//! body — JSON as trees (each difference a JSON pointer), other text line by line with
+//! `similar` — plus a unified diff of the normalized bodies for humans. Pure: no IO, no tokio;
+//! the mirror runs it off the IO threads for large bodies.
+
+use bytes::Bytes;
+use serde::Serialize;
+use similar::TextDiff;
+
+/// One side's response as the comparison sees it: the body already decoded from its
+/// `Content-Encoding`.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffKind {
+    Changed,
+    Missing,
+    Extra,
+    Type,
+    Order,
+    Size,
+}
+
+impl DiffKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffKind::Changed => "changed",
+            DiffKind::Missing => "missing",
+            DiffKind::Extra => "extra",
+            DiffKind::Type => "type",
+            DiffKind::Order => "order",
+            DiffKind::Size => "size",
+        }
+    }
+}
+
+/// One difference: where (`status`, `header:<name>`, a JSON pointer under `body`, or
+/// `body:line N`), what kind, and both values (None where a side has nothing).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub path: String,
+    pub kind: DiffKind,
+    pub legacy: Option<String>,
+    pub candidate: Option<String>,
+}
+
+/// What a comparison found; empty `differences` is a match.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub differences: Vec<Difference>,
+    /// Unified diff of the normalized bodies (empty when the bodies are equal).
+    pub unified: String,
+}
+
+impl Report {
+    pub fn is_match(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+/// The seam between the mirror and the rules engine: given both captured responses, report
+/// their differences.
+pub trait Comparator: Send + Sync {
+    fn compare(&self, legacy: &Captured, candidate: &Captured) -> Report;
+}
+
+/// Most differences listed per comparison (the rest are summarised by one `size` entry).
+pub const MAX_DIFFERENCES: usize = 200;
+
+fn show(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    if s.len() > 200 {
+        let mut cut = 200;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &s[..cut])
+    } else {
+        s.into_owned()
+    }
+}
+
+/// Headers compared by name after lowercasing; multiple values are compared as a list in order.
+pub fn diff_headers(
+    legacy: &http::HeaderMap,
+    candidate: &http::HeaderMap,
+    out: &mut Vec<Difference>,
+) {
+    let mut names: Vec<&http::HeaderName> = legacy.keys().chain(candidate.keys()).collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    for name in names {
+        let l: Vec<&[u8]> = legacy.get_all(name).iter().map(|v| v.as_bytes()).collect();
+        let c: Vec<&[u8]> = candidate
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if l == c {
+            continue;
+        }
+        let path = format!("header:{}", name.as_str());
+        let join = |v: &[&[u8]]| v.iter().map(|b| show(b)).collect::<Vec<_>>().join(", ");
+        let (kind, lv, cv) = match (l.is_empty(), c.is_empty()) {
+            (false, true) => (DiffKind::Missing, Some(join(&l)), None),
+            (true, false) => (DiffKind::Extra, None, Some(join(&c))),
+            _ => (DiffKind::Changed, Some(join(&l)), Some(join(&c))),
+        };
+        out.push(Difference {
+            path,
+            kind,
+            legacy: lv,
+            candidate: cv,
+        });
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn compact(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    show(s.as_bytes())
+}
+
+/// Numbers compare by value (`1` ≡ `1.0`) unless told otherwise by the rules.
+fn numbers_equal(
+    a: &serde_json::Number,
+    b: &serde_json::Number,
+    tolerance: &FloatTolerance,
+) -> bool {
+    if a == b {
+        return true;
+    }
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+        return x == y;
+    }
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => {
+            if x == y {
+                return tolerance.by_value;
+            }
+            let diff = (x - y).abs();
+            diff <= tolerance.absolute || diff <= tolerance.relative * x.abs().max(y.abs())
+        }
+        _ => false,
+    }
+}
+
+/// How JSON numbers are compared.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FloatTolerance {
+    pub absolute: f64,
+    pub relative: f64,
+    /// `1` ≡ `1.0`.
+    pub by_value: bool,
+}
+
+impl Default for FloatTolerance {
+    fn default() -> Self {
+        FloatTolerance {
+            absolute: 0.0,
+            relative: 0.0,
+            by_value: true,
+        }
+    }
+}
+
+/// JSON trees compared recursively; `path` is the JSON pointer of `l` and `c`.
+pub fn diff_json(
+    path: &str,
+    l: &serde_json::Value,
+    c: &serde_json::Value,
+    tolerance: &FloatTolerance,
+    out: &mut Vec<Difference>,
+) {
+    use serde_json::Value;
+    if out.len() >= MAX_DIFFERENCES {
+        return;
+    }
+    match (l, c) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, va) in a {
+                let p = format!("{path}/{}", escape_pointer(k));
+                match b.get(k) {
+                    Some(vb) => diff_json(&p, va, vb, tolerance, out),
+                    None => out.push(Difference {
+                        path: p,
+                        kind: DiffKind::Missing,
+                        legacy: Some(compact(va)),
+                        candidate: None,
+                    }),
+                }
+            }
+            for (k, vb) in b {
+                if !a.contains_key(k) {
+                    let p = format!("{path}/{}", escape_pointer(k));
+                    out.push(Difference {
+                        path: p,
+                        kind: DiffKind::Extra,
+                        legacy: None,
+                        candidate: Some(compact(vb)),
+                    });
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if a.len() != b.len() {
+                out.push(Difference {
+                    path: path.to_string(),
+                    kind: DiffKind::Size,
+                    legacy: Some(a.len().to_string()),
+                    candidate: Some(b.len().to_string()),
+                });
+            }
+            for (i, (va, vb)) in a.iter().zip(b.iter()).enumerate() {
+                diff_json(&format!("{path}/{i}"), va, vb, tolerance, out);
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            if !numbers_equal(a, b, tolerance) {
+                out.push(Difference {
+                    path: path.to_string(),
+                    kind: DiffKind::Changed,
+                    legacy: Some(a.to_string()),
+                    candidate: Some(b.to_string()),
+                });
+            }
+        }
+        _ => {
+            if json_type(l) != json_type(c) {
+                out.push(Difference {
+                    path: path.to_string(),
+                    kind: DiffKind::Type,
+                    legacy: Some(compact(l)),
+                    candidate: Some(compact(c)),
+                });
+            } else if l != c {
+                out.push(Difference {
+                    path: path.to_string(),
+                    kind: DiffKind::Changed,
+                    legacy: Some(compact(l)),
+                    candidate: Some(compact(c)),
+                });
+            }
+        }
+    }
+}
+
+/// Text compared line by line; each changed run is one difference at its first line.
+pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
+    let diff = TextDiff::from_lines(l, c);
+    for op in diff.ops() {
+        if out.len() >= MAX_DIFFERENCES {
+            return;
+        }
+        let (tag, old, new) = op.as_tag_tuple();
+        let lines = |text: &str, r: std::ops::Range<usize>| -> String {
+            let v: Vec<&str> = text
+                .split_inclusive('\n')
+                .skip(r.start)
+                .take(r.len())
+                .collect();
+            show(v.concat().as_bytes())
+        };
+        let kind = match tag {
+            similar::DiffTag::Equal => continue,
+            similar::DiffTag::Delete => DiffKind::Missing,
+            similar::DiffTag::Insert => DiffKind::Extra,
+            similar::DiffTag::Replace => DiffKind::Changed,
+        };
+        out.push(Difference {
+            path: format!("body:line {}", old.start + 1),
+            kind,
+            legacy: (!old.is_empty()).then(|| lines(l, old.clone())),
+            candidate: (!new.is_empty()).then(|| lines(c, new.clone())),
+        });
+    }
+}
+
+/// A unified diff of two bodies (lossy UTF-8), for people.
+pub fn unified(l: &[u8], c: &[u8]) -> String {
+    let l = String::from_utf8_lossy(l);
+    let c = String::from_utf8_lossy(c);
+    TextDiff::from_lines(l.as_ref(), c.as_ref())
+        .unified_diff()
+        .context_radius(3)
+        .header("legacy", "candidate")
+        .to_string()
+}
+
+/// Whether a body is JSON by its content type, or by a sniff of its first byte when the type
+/// says nothing.
+pub fn looks_like_json(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    match headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(ct) => {
+            let ct = ct.to_ascii_lowercase();
+            ct.contains("json")
+        }
+        None => matches!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{') | Some(b'[')
+        ),
+    }
+}
+
+/// Compares two bodies (already normalized): bytes first, then JSON trees or text lines.
+pub fn diff_bodies(
+    legacy_headers: &http::HeaderMap,
+    l: &[u8],
+    c: &[u8],
+    tolerance: &FloatTolerance,
+    out: &mut Vec<Difference>,
+) -> bool {
+    if l == c {
+        return true;
+    }
+    let before = out.len();
+    if looks_like_json(legacy_headers, l) {
+        if let (Ok(a), Ok(b)) = (
+            serde_json::from_slice::<serde_json::Value>(l),
+            serde_json::from_slice::<serde_json::Value>(c),
+        ) {
+            diff_json("body", &a, &b, tolerance, out);
+            return out.len() == before;
+        }
+    }
+    match (std::str::from_utf8(l), std::str::from_utf8(c)) {
+        (Ok(a), Ok(b)) => diff_text(a, b, out),
+        _ => out.push(Difference {
+            path: "body".into(),
+            kind: if l.len() != c.len() {
+                DiffKind::Size
+            } else {
+                DiffKind::Changed
+            },
+            legacy: Some(format!("{} bytes", l.len())),
+            candidate: Some(format!("{} bytes", c.len())),
+        }),
+    }
+    out.len() == before
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths_and_kinds() {
+        let a: serde_json::Value =
+            serde_json::json!({"user": {"id": 1, "name": "a/b"}, "list": [1, 2], "x": 1});
+        let b: serde_json::Value =
+            serde_json::json!({"user": {"id": 2}, "list": [1, 2, 3], "x": "1", "y": true});
+        let mut out = Vec::new();
+        diff_json("body", &a, &b, &FloatTolerance::default(), &mut out);
+        let got: Vec<(String, DiffKind)> = out.iter().map(|d| (d.path.clone(), d.kind)).collect();
+        assert!(
+            got.contains(&("body/user/id".into(), DiffKind::Changed)),
+            "{got:?}"
+        );
+        assert!(got.contains(&("body/user/name".into(), DiffKind::Missing)));
+        assert!(got.contains(&("body/list".into(), DiffKind::Size)));
+        assert!(got.contains(&("body/x".into(), DiffKind::Type)));
+        assert!(got.contains(&("body/y".into(), DiffKind::Extra)));
+    }
+
+    #[test]
+    fn numbers_by_value_and_tolerance() {
+        let t = FloatTolerance::default();
+        let mut out = Vec::new();
+        diff_json(
+            "",
+            &serde_json::json!(1),
+            &serde_json::json!(1.0),
+            &t,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        diff_json(
+            "",
+            &serde_json::json!(1),
+            &serde_json::json!(1.0000001),
+            &t,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        out.clear();
+        let loose = FloatTolerance {
+            absolute: 1e-6,
+            relative: 0.0,
+            by_value: true,
+        };
+        diff_json(
+            "",
+            &serde_json::json!(1),
+            &serde_json::json!(1.0000001),
+            &loose,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        let strict = FloatTolerance {
+            absolute: 0.0,
+            relative: 0.0,
+            by_value: false,
+        };
+        diff_json(
+            "",
+            &serde_json::json!(1),
+            &serde_json::json!(1.0),
+            &strict,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn text_lines() {
+        let mut out = Vec::new();
+        let equal = diff_bodies(
+            &http::HeaderMap::new(),
+            b"a\nb\nc\n",
+            b"a\nB\nc\n",
+            &FloatTolerance::default(),
+            &mut out,
+        );
+        assert!(!equal);
+        assert_eq!(out[0].path, "body:line 2");
+        assert_eq!(out[0].legacy.as_deref(), Some("b\n"));
+        let u = unified(b"a\nb\nc\n", b"a\nB\nc\n");
+        assert!(u.contains("-b\n+B\n"), "{u}");
+    }
+}

@@ -1,0 +1,488 @@
+//! Mirroring: the bounded dispatcher (a slot for every mirror in flight or queued; none free
+//! means the mirror is dropped and counted, never buffered without limit), and the exchange
+//! task that calls the candidate with `x-cutover-shadow: 1`, waits for the legacy capture the
+//! client's stream feeds, compares, and counts. Nothing here is on the client's path.
+
+use crate::diff::{Captured, Comparator, DiffKind, Difference, Report};
+use crate::proxy::body::{self, Capture};
+use crate::proxy::table::{RouteEntry, MAX_DIFF_FIELDS};
+use crate::proxy::{access_log, App};
+use crate::stats::{DropReason, Outcome, Side};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// Bodies up to this size are compared on the IO thread; larger ones go to the blocking pool.
+const INLINE_COMPARE_BYTES: usize = 64 * 1024;
+/// How long an exchange waits for the legacy response to finish streaming to the client.
+const LEGACY_CAPTURE_WAIT: Duration = Duration::from_secs(60);
+
+/// Bounds the mirrors: `slots` = running + queued, `running` = concurrent candidate calls.
+pub struct Dispatcher {
+    slots: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    pub fn new(concurrency: usize, queue: usize) -> Dispatcher {
+        Dispatcher {
+            slots: Arc::new(Semaphore::new(concurrency + queue)),
+            running: Arc::new(Semaphore::new(concurrency)),
+        }
+    }
+
+    /// A slot for one more mirror, or None when the queue is full.
+    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+/// The legacy response head, sent by the proxy once it has it; `capture` delivers the body.
+pub struct LegacyHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub elapsed: Duration,
+    pub capture: oneshot::Receiver<Capture>,
+}
+
+/// The client's request as it will be mirrored.
+pub struct ShadowRequest {
+    pub parts: http::request::Parts,
+    pub body: Bytes,
+    pub session: Option<String>,
+}
+
+/// What the candidate did.
+enum CandidateResult {
+    Answered(Captured, Duration),
+    BodyTooLarge(StatusCode, Duration),
+    Failed(String),
+    TimedOut,
+}
+
+struct InFlight<'a>(&'a prometheus::IntGauge);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub fn spawn_exchange(
+    app: Arc<App>,
+    entry: Arc<RouteEntry>,
+    slot: OwnedSemaphorePermit,
+    request: ShadowRequest,
+    head: oneshot::Receiver<LegacyHead>,
+) {
+    tokio::spawn(async move {
+        app.metrics.shadow_in_flight.inc();
+        let _gauge = InFlight(&app.metrics.shadow_in_flight);
+        let _slot = slot;
+        exchange(&app, &entry, request, head).await;
+    });
+}
+
+async fn call_candidate(app: &App, entry: &RouteEntry, request: &ShadowRequest) -> CandidateResult {
+    let pq = request
+        .parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = match entry.candidate.join(pq) {
+        Ok(u) => u,
+        Err(e) => return CandidateResult::Failed(e.to_string()),
+    };
+    let mut req = Request::new(body::full(request.body.clone()));
+    *req.method_mut() = request.parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = request.parts.headers.clone();
+    req.headers_mut()
+        .insert("x-cutover-shadow", HeaderValue::from_static("1"));
+    let started = Instant::now();
+    let call = async {
+        let resp = app
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let elapsed = started.elapsed();
+        let (parts, body) = resp.into_parts();
+        match Limited::new(body, entry.max_body_bytes).collect().await {
+            Ok(collected) => Ok(CandidateResult::Answered(
+                Captured {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers,
+                    body: collected.to_bytes(),
+                },
+                elapsed,
+            )),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Ok(CandidateResult::BodyTooLarge(parts.status, elapsed))
+            }
+            Err(e) => Err(format!("candidate body: {e}")),
+        }
+    };
+    match tokio::time::timeout(entry.candidate_timeout, call).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => CandidateResult::Failed(e),
+        Err(_) => CandidateResult::TimedOut,
+    }
+}
+
+/// The legacy side as the comparison needs it, or why it cannot be compared.
+async fn legacy_capture(
+    head: oneshot::Receiver<LegacyHead>,
+) -> Result<(Captured, Duration), &'static str> {
+    let head = head.await.map_err(|_| "legacy_failed")?;
+    let capture = tokio::time::timeout(LEGACY_CAPTURE_WAIT, head.capture)
+        .await
+        .map_err(|_| "legacy_slow")?
+        .map_err(|_| "client_gone")?;
+    match capture {
+        Capture::Complete(chunks) => Ok((
+            Captured {
+                status: head.status.as_u16(),
+                headers: head.headers,
+                body: body::concat(chunks),
+            },
+            head.elapsed,
+        )),
+        Capture::TooLarge => Err("legacy_body_too_large"),
+        Capture::Failed => Err("legacy_body_failed"),
+    }
+}
+
+async fn exchange(
+    app: &App,
+    entry: &Arc<RouteEntry>,
+    request: ShadowRequest,
+    head: oneshot::Receiver<LegacyHead>,
+) {
+    let _running = match app.dispatcher.running.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    let (candidate, legacy) =
+        tokio::join!(call_candidate(app, entry, &request), legacy_capture(head));
+    let parts = &request.parts;
+    let (legacy, legacy_time) = match legacy {
+        Ok(l) => l,
+        Err(why) => {
+            entry.stats.outcome(Outcome::Skipped, None, None);
+            access_log(
+                entry,
+                crate::config::Mode::Shadow,
+                "legacy",
+                parts,
+                None,
+                None,
+                None,
+                None,
+                why,
+            );
+            return;
+        }
+    };
+    let (candidate, candidate_time) = match candidate {
+        CandidateResult::Answered(c, t) => (c, t),
+        CandidateResult::BodyTooLarge(status, t) => {
+            let report = Report {
+                differences: vec![Difference {
+                    path: "body".into(),
+                    kind: DiffKind::Size,
+                    legacy: Some(format!("{} bytes", legacy.body.len())),
+                    candidate: Some(format!("more than {} bytes", entry.max_body_bytes)),
+                }],
+                unified: String::new(),
+            };
+            finish(
+                app,
+                entry,
+                parts,
+                &legacy,
+                legacy_time,
+                Some(status.as_u16()),
+                Some(t),
+                report,
+            );
+            return;
+        }
+        CandidateResult::Failed(e) => {
+            tracing::debug!(route = %entry.label, error = %e, "candidate failed");
+            entry.stats.upstream_error(Side::Candidate);
+            entry
+                .stats
+                .outcome(Outcome::CandidateError, Some(legacy_time), None);
+            access_log(
+                entry,
+                crate::config::Mode::Shadow,
+                "legacy",
+                parts,
+                Some(legacy.status),
+                Some(legacy_time),
+                None,
+                None,
+                "candidate_error",
+            );
+            return;
+        }
+        CandidateResult::TimedOut => {
+            app.metrics.dropped(DropReason::Timeout);
+            entry.stats.upstream_error(Side::Candidate);
+            entry
+                .stats
+                .outcome(Outcome::CandidateError, Some(legacy_time), None);
+            access_log(
+                entry,
+                crate::config::Mode::Shadow,
+                "legacy",
+                parts,
+                Some(legacy.status),
+                Some(legacy_time),
+                None,
+                None,
+                "candidate_timeout",
+            );
+            return;
+        }
+    };
+    entry
+        .stats
+        .candidate_duration
+        .observe(candidate_time.as_secs_f64());
+    let cap = entry.max_body_bytes;
+    let rules = entry.rules();
+    let large = legacy.body.len() + candidate.body.len() > INLINE_COMPARE_BYTES;
+    let compare = move |legacy: Captured, candidate: Captured| {
+        let l = decoded(legacy, cap);
+        let c = decoded(candidate, cap);
+        let report = match (&l, &c) {
+            (Ok(l), Ok(c)) => rules.compare(l, c),
+            (Err(e), _) | (_, Err(e)) => Report {
+                differences: vec![Difference {
+                    path: "body".into(),
+                    kind: DiffKind::Changed,
+                    legacy: None,
+                    candidate: Some(e.clone()),
+                }],
+                unified: String::new(),
+            },
+        };
+        (l.ok(), report)
+    };
+    let candidate_status = candidate.status;
+    let (legacy_decoded, report) = if large {
+        match tokio::task::spawn_blocking(move || compare(legacy, candidate)).await {
+            Ok(r) => r,
+            Err(_) => {
+                entry.stats.outcome(Outcome::Skipped, None, None);
+                return;
+            }
+        }
+    } else {
+        compare(legacy, candidate)
+    };
+    let Some(legacy) = legacy_decoded else {
+        entry.stats.outcome(Outcome::Skipped, None, None);
+        return;
+    };
+    finish(
+        app,
+        entry,
+        parts,
+        &legacy,
+        legacy_time,
+        Some(candidate_status),
+        Some(candidate_time),
+        report,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    app: &App,
+    entry: &RouteEntry,
+    parts: &http::request::Parts,
+    legacy: &Captured,
+    legacy_time: Duration,
+    candidate_status: Option<u16>,
+    candidate_time: Option<Duration>,
+    report: Report,
+) {
+    let outcome = if report.is_match() {
+        Outcome::Match
+    } else {
+        Outcome::Mismatch
+    };
+    entry
+        .stats
+        .outcome(outcome, Some(legacy_time), candidate_time);
+    if !report.is_match() {
+        count_differences(app, entry, &report.differences);
+    }
+    access_log(
+        entry,
+        crate::config::Mode::Shadow,
+        "legacy",
+        parts,
+        Some(legacy.status),
+        Some(legacy_time),
+        candidate_status,
+        candidate_time,
+        outcome.as_str(),
+    );
+}
+
+/// The field label of a difference: array indexes folded to `*` (so `/items/0/id` and
+/// `/items/7/id` are one series).
+pub fn field_label(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("body:line") {
+        let _ = rest;
+        return "body:text".into();
+    }
+    path.split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "*"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn count_differences(app: &App, entry: &RouteEntry, diffs: &[Difference]) {
+    let mut fields = match entry.diff_fields.lock() {
+        Ok(f) => f,
+        Err(p) => p.into_inner(),
+    };
+    for d in diffs {
+        let mut field = field_label(&d.path);
+        if !fields.contains(&field) {
+            if fields.len() >= MAX_DIFF_FIELDS {
+                field = "other".into();
+            } else {
+                fields.insert(field.clone());
+            }
+        }
+        app.metrics
+            .differences
+            .with_label_values(&[&entry.label, &field, d.kind.as_str()])
+            .inc();
+    }
+}
+
+/// The body decoded from its `Content-Encoding` (gzip, deflate, br), at most `cap` bytes
+/// decoded (a compressed bomb is an error, not an allocation).
+pub fn decoded(mut c: Captured, cap: usize) -> Result<Captured, String> {
+    let encoding = match c
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(e) => e.trim().to_ascii_lowercase(),
+        None => return Ok(c),
+    };
+    if encoding.is_empty() || encoding == "identity" {
+        return Ok(c);
+    }
+    let limit = cap as u64 + 1;
+    let mut out = Vec::new();
+    let raw: &[u8] = &c.body;
+    let result = match encoding.as_str() {
+        "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(raw)
+            .take(limit)
+            .read_to_end(&mut out),
+        "deflate" => {
+            let r = flate2::read::ZlibDecoder::new(raw)
+                .take(limit)
+                .read_to_end(&mut out);
+            if r.is_err() {
+                // Some servers send raw deflate without the zlib wrapper.
+                out.clear();
+                flate2::read::DeflateDecoder::new(raw)
+                    .take(limit)
+                    .read_to_end(&mut out)
+            } else {
+                r
+            }
+        }
+        "br" => brotli::Decompressor::new(raw, 4096)
+            .take(limit)
+            .read_to_end(&mut out),
+        other => return Err(format!("unsupported content-encoding `{other}`")),
+    };
+    result.map_err(|e| format!("{encoding} body does not decode: {e}"))?;
+    if out.len() as u64 >= limit {
+        return Err(format!("{encoding} body decodes to more than {cap} bytes"));
+    }
+    c.body = Bytes::from(out);
+    c.headers.remove(http::header::CONTENT_ENCODING);
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn cap(encoding: &str, body: Vec<u8>) -> Captured {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            HeaderValue::from_str(encoding).expect("value"),
+        );
+        Captured {
+            status: 200,
+            headers: h,
+            body: Bytes::from(body),
+        }
+    }
+
+    #[test]
+    fn decodes_gzip_deflate_br() {
+        let text = b"hello hello hello".to_vec();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&text).expect("write");
+        let gz = gz.finish().expect("finish");
+        assert_eq!(
+            decoded(cap("gzip", gz), 1000).expect("gzip").body,
+            &text[..]
+        );
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&text).expect("write");
+        assert_eq!(
+            decoded(cap("deflate", z.finish().expect("finish")), 1000)
+                .expect("deflate")
+                .body,
+            &text[..]
+        );
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22)
+            .write_all(&text)
+            .expect("write");
+        assert_eq!(decoded(cap("br", br), 1000).expect("br").body, &text[..]);
+    }
+
+    #[test]
+    fn bombs_are_refused() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 1 << 20]).expect("write");
+        let e = decoded(cap("gzip", gz.finish().expect("finish")), 1000).expect_err("over the cap");
+        assert!(e.contains("more than 1000 bytes"), "{e}");
+        assert!(decoded(cap("gzip", b"not gzip".to_vec()), 1000).is_err());
+    }
+
+    #[test]
+    fn field_labels_fold_indexes() {
+        assert_eq!(field_label("body/items/12/id"), "body/items/*/id");
+        assert_eq!(field_label("body:line 7"), "body:text");
+        assert_eq!(field_label("header:vary"), "header:vary");
+    }
+}

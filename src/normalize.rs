@@ -1,0 +1,624 @@
+//! Normalization rules (`rules/*.toml`): what to remove or rewrite in both responses before
+//! they are compared, so that a CSRF token or a timestamp is not called a mismatch. Files are
+//! parsed with `deny_unknown_fields` and errors carry file, line and key. A route's rule files
+//! (the built-in `rules/default.toml`, the defaults' list, the route's list) are compiled into
+//! one [`Rules`], which implements [`Comparator`]. Pure: no IO beyond reading the files.
+
+use crate::config::{toml_error, ConfigError};
+use crate::diff::{self, Captured, Comparator, DiffKind, Difference, FloatTolerance, Report};
+use regex::bytes::Regex;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The built-in rules, compiled into the binary.
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderRules {
+    #[serde(default)]
+    ignore: Vec<String>,
+    #[serde(default)]
+    as_set: Vec<String>,
+    #[serde(default)]
+    rewrite: Vec<HeaderRewrite>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderRewrite {
+    name: String,
+    pattern: toml::Spanned<String>,
+    replace: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusRules {
+    #[serde(default)]
+    equivalent: Vec<Vec<u16>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRules {
+    #[serde(default)]
+    ignore: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    unordered: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    float_absolute: Option<f64>,
+    #[serde(default)]
+    float_relative: Option<f64>,
+    #[serde(default)]
+    numbers_by_value: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextRules {
+    #[serde(default)]
+    replace: Vec<TextReplace>,
+    #[serde(default)]
+    fold_whitespace: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextReplace {
+    pattern: toml::Spanned<String>,
+    replace: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    headers: HeaderRules,
+    #[serde(default)]
+    status: StatusRules,
+    #[serde(default)]
+    json: JsonRules,
+    #[serde(default)]
+    text: TextRules,
+}
+
+/// One parsed and checked rules file.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub name: String,
+    file: RulesFile,
+    header_rewrites: Vec<(http::HeaderName, Regex, String)>,
+    text_replaces: Vec<(Regex, Vec<u8>)>,
+}
+
+impl RuleSet {
+    /// Reads and checks a rules file.
+    pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        RuleSet::parse(&text, &name)
+    }
+
+    /// The built-in `rules/default.toml`.
+    pub fn builtin() -> Result<RuleSet, ConfigError> {
+        RuleSet::parse(DEFAULT_RULES, "rules/default.toml (built in)")
+    }
+
+    /// Parses and checks rules text; `name` appears in errors.
+    pub fn parse(text: &str, name: &str) -> Result<RuleSet, ConfigError> {
+        let file: RulesFile = toml::from_str(text).map_err(|e| toml_error(name, text, &e))?;
+        let at = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError {
+            file: name.to_string(),
+            line: crate::config::line_of(text, span.start, span.end),
+            key: key.to_string(),
+            message,
+        };
+        let mut header_rewrites = Vec::new();
+        for (i, rw) in file.headers.rewrite.iter().enumerate() {
+            let key = format!("headers.rewrite[{i}].pattern");
+            let header = http::HeaderName::from_bytes(rw.name.as_bytes()).map_err(|_| {
+                at(
+                    rw.pattern.span(),
+                    &format!("headers.rewrite[{i}].name"),
+                    format!("`{}` is not a header name", rw.name),
+                )
+            })?;
+            let re = Regex::new(rw.pattern.get_ref())
+                .map_err(|e| at(rw.pattern.span(), &key, format!("bad regex: {e}")))?;
+            header_rewrites.push((header, re, rw.replace.clone()));
+        }
+        for n in file.headers.ignore.iter().chain(file.headers.as_set.iter()) {
+            if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                return Err(at(
+                    0..0,
+                    "headers.ignore",
+                    format!("`{n}` is not a header name"),
+                ));
+            }
+        }
+        let mut text_replaces = Vec::new();
+        for (i, r) in file.text.replace.iter().enumerate() {
+            let re = Regex::new(r.pattern.get_ref()).map_err(|e| {
+                at(
+                    r.pattern.span(),
+                    &format!("text.replace[{i}].pattern"),
+                    format!("bad regex: {e}"),
+                )
+            })?;
+            text_replaces.push((re, r.replace.clone().into_bytes()));
+        }
+        for (key, list) in [
+            ("json.ignore", &file.json.ignore),
+            ("json.unordered", &file.json.unordered),
+        ] {
+            for p in list {
+                let s = p.get_ref();
+                if !(s.is_empty() || s.starts_with('/')) {
+                    return Err(at(
+                        p.span(),
+                        key,
+                        format!("`{s}` is not a JSON pointer (it must start with /)"),
+                    ));
+                }
+            }
+        }
+        for (i, class) in file.status.equivalent.iter().enumerate() {
+            if class.len() < 2 || class.iter().any(|s| !(100..=599).contains(s)) {
+                return Err(at(
+                    0..0,
+                    &format!("status.equivalent[{i}]"),
+                    format!("{class:?} must list two or more status codes 100..599"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("json.float_absolute", file.json.float_absolute),
+            ("json.float_relative", file.json.float_relative),
+        ] {
+            if let Some(x) = v {
+                if !(x >= 0.0 && x.is_finite()) {
+                    return Err(at(0..0, key, format!("{x} must be a finite number >= 0")));
+                }
+            }
+        }
+        Ok(RuleSet {
+            name: name.to_string(),
+            file,
+            header_rewrites,
+            text_replaces,
+        })
+    }
+}
+
+/// Headers never compared whatever the rules say: they describe the transport, not the content.
+const TRANSPORT_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// A route's compiled rules: the union of its rule sets, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    ignore_headers: BTreeSet<String>,
+    set_headers: BTreeSet<String>,
+    header_rewrites: Vec<(http::HeaderName, Regex, String)>,
+    status_classes: Vec<Vec<u16>>,
+    json_ignore: Vec<Vec<String>>,
+    json_unordered: Vec<Vec<String>>,
+    tolerance: FloatTolerance,
+    text_replaces: Vec<(Regex, Vec<u8>)>,
+    fold_whitespace: bool,
+    pub sources: Vec<String>,
+}
+
+fn split_pointer(p: &str) -> Vec<String> {
+    p.split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+impl Rules {
+    pub fn compile(sets: &[Arc<RuleSet>]) -> Rules {
+        let mut r = Rules::default();
+        for s in sets {
+            let f = &s.file;
+            r.sources.push(s.name.clone());
+            r.ignore_headers
+                .extend(f.headers.ignore.iter().map(|h| h.to_ascii_lowercase()));
+            r.set_headers
+                .extend(f.headers.as_set.iter().map(|h| h.to_ascii_lowercase()));
+            r.header_rewrites.extend(s.header_rewrites.iter().cloned());
+            r.status_classes.extend(f.status.equivalent.iter().cloned());
+            r.json_ignore
+                .extend(f.json.ignore.iter().map(|p| split_pointer(p.get_ref())));
+            r.json_unordered
+                .extend(f.json.unordered.iter().map(|p| split_pointer(p.get_ref())));
+            if let Some(a) = f.json.float_absolute {
+                r.tolerance.absolute = a;
+            }
+            if let Some(x) = f.json.float_relative {
+                r.tolerance.relative = x;
+            }
+            if let Some(b) = f.json.numbers_by_value {
+                r.tolerance.by_value = b;
+            }
+            r.text_replaces.extend(s.text_replaces.iter().cloned());
+            if let Some(w) = f.text.fold_whitespace {
+                r.fold_whitespace = w;
+            }
+        }
+        r
+    }
+
+    fn canonical_status(&self, s: u16) -> u16 {
+        for class in &self.status_classes {
+            if class.contains(&s) {
+                return class.iter().copied().min().unwrap_or(s);
+            }
+        }
+        s
+    }
+
+    /// The headers that take part in the comparison, rewritten.
+    pub fn normalize_headers(&self, h: &http::HeaderMap) -> http::HeaderMap {
+        let mut out = http::HeaderMap::with_capacity(h.len());
+        for (name, value) in h {
+            let n = name.as_str();
+            if TRANSPORT_HEADERS.contains(&n) || self.ignore_headers.contains(n) {
+                continue;
+            }
+            let mut v = value.as_bytes().to_vec();
+            for (hn, re, rep) in &self.header_rewrites {
+                if hn == name {
+                    v = re.replace_all(&v, rep.as_bytes()).into_owned();
+                }
+            }
+            if self.set_headers.contains(n) {
+                let mut parts: Vec<Vec<u8>> = v
+                    .split(|&b| b == b',')
+                    .map(|p| p.trim_ascii().to_vec())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                parts.sort();
+                parts.dedup();
+                v = parts.join(&b", "[..]);
+            }
+            if let Ok(value) = http::HeaderValue::from_bytes(&v) {
+                out.append(name.clone(), value);
+            }
+        }
+        if !self.set_headers.is_empty() {
+            // Compare multi-valued set headers as one joined, sorted value.
+            for n in &self.set_headers {
+                let mut all: Vec<Vec<u8>> = out
+                    .get_all(n.as_str())
+                    .iter()
+                    .map(|v| v.as_bytes().to_vec())
+                    .collect();
+                if all.len() > 1 {
+                    all.sort();
+                    all.dedup();
+                    if let (Ok(name), Ok(v)) = (
+                        http::HeaderName::from_bytes(n.as_bytes()),
+                        http::HeaderValue::from_bytes(&all.join(&b", "[..])),
+                    ) {
+                        out.insert(name, v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Text body normalization: regex replacements, then whitespace folding.
+    pub fn normalize_text(&self, body: &[u8]) -> Vec<u8> {
+        let mut v: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(body);
+        for (re, rep) in &self.text_replaces {
+            if let std::borrow::Cow::Owned(o) = re.replace_all(&v, rep.as_slice()) {
+                v = std::borrow::Cow::Owned(o);
+            }
+        }
+        if self.fold_whitespace {
+            let mut out = Vec::with_capacity(v.len());
+            let mut in_space = false;
+            for &b in v.iter() {
+                if b.is_ascii_whitespace() {
+                    in_space = true;
+                } else {
+                    if in_space && !out.is_empty() {
+                        out.push(b' ');
+                    }
+                    in_space = false;
+                    out.push(b);
+                }
+            }
+            return out;
+        }
+        v.into_owned()
+    }
+
+    /// JSON normalization: ignored pointers removed, unordered arrays sorted.
+    pub fn normalize_json(&self, v: &mut serde_json::Value) {
+        for p in &self.json_ignore {
+            remove_pointer(v, p);
+        }
+        for p in &self.json_unordered {
+            sort_arrays_at(v, p);
+        }
+    }
+}
+
+fn remove_pointer(v: &mut serde_json::Value, path: &[String]) {
+    use serde_json::Value;
+    let Some((head, rest)) = path.split_first() else {
+        return;
+    };
+    let last = rest.is_empty();
+    match v {
+        Value::Object(map) => {
+            if head == "*" {
+                if last {
+                    map.clear();
+                } else {
+                    for child in map.values_mut() {
+                        remove_pointer(child, rest);
+                    }
+                }
+            } else if last {
+                map.remove(head.as_str());
+            } else if let Some(child) = map.get_mut(head.as_str()) {
+                remove_pointer(child, rest);
+            }
+        }
+        Value::Array(items) => {
+            if head == "*" {
+                if last {
+                    items.clear();
+                } else {
+                    for child in items.iter_mut() {
+                        remove_pointer(child, rest);
+                    }
+                }
+            } else if let Ok(i) = head.parse::<usize>() {
+                if last {
+                    if i < items.len() {
+                        // Replace rather than shift, so later indexes keep their meaning.
+                        items[i] = Value::Null;
+                    }
+                } else if let Some(child) = items.get_mut(i) {
+                    remove_pointer(child, rest);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn sort_arrays_at(v: &mut serde_json::Value, path: &[String]) {
+    use serde_json::Value;
+    match path.split_first() {
+        None => {
+            if let Value::Array(items) = v {
+                items.sort_by_cached_key(|x| x.to_string());
+            }
+        }
+        Some((head, rest)) => match v {
+            Value::Object(map) => {
+                if head == "*" {
+                    for child in map.values_mut() {
+                        sort_arrays_at(child, rest);
+                    }
+                } else if let Some(child) = map.get_mut(head.as_str()) {
+                    sort_arrays_at(child, rest);
+                }
+            }
+            Value::Array(items) => {
+                if head == "*" {
+                    for child in items.iter_mut() {
+                        sort_arrays_at(child, rest);
+                    }
+                } else if let Some(child) =
+                    head.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+                {
+                    sort_arrays_at(child, rest);
+                }
+            }
+            _ => {}
+        },
+    }
+}
+
+impl Comparator for Rules {
+    fn compare(&self, legacy: &Captured, candidate: &Captured) -> Report {
+        let mut differences = Vec::new();
+        let (ls, cs) = (
+            self.canonical_status(legacy.status),
+            self.canonical_status(candidate.status),
+        );
+        if ls != cs {
+            differences.push(Difference {
+                path: "status".into(),
+                kind: DiffKind::Changed,
+                legacy: Some(legacy.status.to_string()),
+                candidate: Some(candidate.status.to_string()),
+            });
+        }
+        diff::diff_headers(
+            &self.normalize_headers(&legacy.headers),
+            &self.normalize_headers(&candidate.headers),
+            &mut differences,
+        );
+        let mut unified = String::new();
+        if legacy.body != candidate.body || !self.json_ignore.is_empty() {
+            let is_json = diff::looks_like_json(&legacy.headers, &legacy.body);
+            let parsed = if is_json {
+                match (
+                    serde_json::from_slice::<serde_json::Value>(&legacy.body),
+                    serde_json::from_slice::<serde_json::Value>(&candidate.body),
+                ) {
+                    (Ok(a), Ok(b)) => Some((a, b)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some((mut a, mut b)) = parsed {
+                self.normalize_json(&mut a);
+                self.normalize_json(&mut b);
+                let before = differences.len();
+                diff::diff_json("body", &a, &b, &self.tolerance, &mut differences);
+                if differences.len() > before {
+                    let pa = serde_json::to_string_pretty(&a).unwrap_or_default();
+                    let pb = serde_json::to_string_pretty(&b).unwrap_or_default();
+                    unified = diff::unified(pa.as_bytes(), pb.as_bytes());
+                }
+            } else {
+                let a = self.normalize_text(&legacy.body);
+                let b = self.normalize_text(&candidate.body);
+                if !diff::diff_bodies(&legacy.headers, &a, &b, &self.tolerance, &mut differences) {
+                    unified = diff::unified(&a, &b);
+                }
+            }
+        }
+        Report {
+            differences,
+            unified,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(status: u16, headers: &[(&str, &str)], body: &str) -> Captured {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        Captured {
+            status,
+            headers: h,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    fn rules(text: &str) -> Rules {
+        Rules::compile(&[Arc::new(RuleSet::parse(text, "t.toml").expect("parse"))])
+    }
+
+    #[test]
+    fn builtin_rules_parse() {
+        RuleSet::builtin().expect("the shipped default rules parse");
+    }
+
+    #[test]
+    fn unknown_keys_are_located() {
+        let e =
+            RuleSet::parse("[json]\nignore = []\nignroe = 1\n", "r.toml").expect_err("unknown key");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.key.contains("ignroe"), "{e}");
+        let e = RuleSet::parse("[[text.replace]]\npattern = '('\nreplace = ''\n", "r.toml")
+            .expect_err("bad regex");
+        assert_eq!(e.line, 2, "{e}");
+        assert_eq!(e.key, "text.replace[0].pattern");
+    }
+
+    #[test]
+    fn header_ignore_and_rewrite() {
+        let r = rules("[headers]\nignore=['x-request-id']\n[[headers.rewrite]]\nname='location'\npattern='^https?://[^/]+'\nreplace=''\n");
+        let a = cap(
+            302,
+            &[("x-request-id", "1"), ("location", "http://a.example/x")],
+            "",
+        );
+        let b = cap(
+            302,
+            &[("x-request-id", "2"), ("location", "https://b.example/x")],
+            "",
+        );
+        assert!(r.compare(&a, &b).is_match());
+        let c = cap(302, &[("location", "https://b.example/y")], "");
+        assert!(!r.compare(&a, &c).is_match());
+    }
+
+    #[test]
+    fn status_equivalence() {
+        let r = rules("[status]\nequivalent=[[301,308]]\n");
+        assert!(r.compare(&cap(301, &[], ""), &cap(308, &[], "")).is_match());
+        assert!(!r.compare(&cap(301, &[], ""), &cap(302, &[], "")).is_match());
+    }
+
+    #[test]
+    fn json_ignore_unordered_tolerance() {
+        let r = rules("[json]\nignore=['/meta/*', '/items/*/etag']\nunordered=['/tags']\nfloat_absolute=1e-6\n");
+        let h = [("content-type", "application/json")];
+        let a = cap(
+            200,
+            &h,
+            r#"{"meta":{"t":1},"items":[{"id":1,"etag":"a"}],"tags":["x","y"],"p":1}"#,
+        );
+        let b = cap(
+            200,
+            &h,
+            r#"{"p":1.0000001,"tags":["y","x"],"items":[{"etag":"b","id":1}],"meta":{"t":2}}"#,
+        );
+        let rep = r.compare(&a, &b);
+        assert!(rep.is_match(), "{:?}", rep.differences);
+        let c = cap(
+            200,
+            &h,
+            r#"{"p":1,"tags":["y","x"],"items":[{"etag":"b","id":2}],"meta":{}}"#,
+        );
+        let rep = r.compare(&a, &c);
+        assert_eq!(rep.differences.len(), 1);
+        assert_eq!(rep.differences[0].path, "body/items/0/id");
+        assert!(rep.unified.contains("-      \"id\": 1"), "{}", rep.unified);
+        // Without the unordered rule, order matters.
+        let plain = rules("");
+        assert!(!plain
+            .compare(&cap(200, &h, r#"["x","y"]"#), &cap(200, &h, r#"["y","x"]"#))
+            .is_match());
+    }
+
+    #[test]
+    fn text_replace_and_whitespace() {
+        let r = rules("[text]\nfold_whitespace=true\n[[text.replace]]\npattern='\\b\\d{10}\\b'\nreplace='{epoch}'\n");
+        let a = cap(
+            200,
+            &[("content-type", "text/html")],
+            "<p>at 1700000000</p>\n\n  <b>x</b>",
+        );
+        let b = cap(
+            200,
+            &[("content-type", "text/html")],
+            "<p>at 1700000123</p> <b>x</b>\n",
+        );
+        assert!(r.compare(&a, &b).is_match());
+        let c = cap(
+            200,
+            &[("content-type", "text/html")],
+            "<p>at 1700000123</p> <b>y</b>\n",
+        );
+        assert!(!r.compare(&a, &c).is_match());
+    }
+}

@@ -1,0 +1,598 @@
+//! The shadowing proxy: accepts client connections (HTTP/1.1, keep-alive, a 64 KiB head limit
+//! answered with 431, a 10 s head timeout), picks the route, serves the client from the legacy
+//! app (or the candidate once promoted) by streaming, and hands eligible requests to the
+//! [`crate::mirror`] without ever waiting for it.
+
+pub mod body;
+pub mod table;
+pub mod upstream;
+
+use crate::config::{Config, Mode, UpstreamUrl};
+use crate::mirror::{self, Dispatcher, LegacyHead};
+use crate::stats::{DropReason, Metrics, Side};
+use body::{full, ProxyBody, ReplayBody, TeeBody};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use table::{RouteEntry, RouteTable};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info, warn};
+
+/// Largest request head accepted (request line plus headers); larger gets 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A client must finish sending its head within this time.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub config: Config,
+    pub legacy: UpstreamUrl,
+    pub twin: Option<UpstreamUrl>,
+    pub client: upstream::UpstreamClient,
+    pub routes: RouteTable,
+    pub metrics: Metrics,
+    pub dispatcher: Dispatcher,
+    pub session_cookie: String,
+    pub started: Instant,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl App {
+    pub fn new(config: Config) -> Result<App, StartError> {
+        let metrics =
+            Metrics::register().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
+        let legacy =
+            UpstreamUrl::parse(config.upstreams.legacy.get_ref()).map_err(StartError::Setup)?;
+        let twin = match &config.upstreams.legacy_twin {
+            Some(t) => Some(UpstreamUrl::parse(t.get_ref()).map_err(StartError::Setup)?),
+            None => None,
+        };
+        let ca = config
+            .upstreams
+            .ca_file
+            .as_ref()
+            .map(|c| config.resolve(c.get_ref()));
+        let pool = config.mirror.concurrency.max(64);
+        let client = upstream::client(ca.as_deref(), pool).map_err(StartError::Setup)?;
+        let routes = RouteTable::build(&config, &metrics).map_err(StartError::Setup)?;
+        let dispatcher = Dispatcher::new(config.mirror.concurrency, config.mirror.queue);
+        let session_cookie = config.session.cookie.clone();
+        Ok(App {
+            config,
+            legacy,
+            twin,
+            client,
+            routes,
+            metrics,
+            dispatcher,
+            session_cookie,
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A running proxy: its bound addresses and a way to stop it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to 30 s), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
+    pub async fn until_signal(self) {
+        wait_for_signal().await;
+        info!("shutting down: finishing in-flight requests");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Binds both listeners (nothing is bound if either fails) and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let proxy_at = config.listen.proxy.get_ref().clone();
+    let admin_at = config.listen.admin.get_ref().clone();
+    let app = Arc::new(App::new(config)?);
+    let proxy_listener = TcpListener::bind(&proxy_at)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "listen.proxy",
+            addr: proxy_at.clone(),
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(&admin_at)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "listen.admin",
+            addr: admin_at.clone(),
+            source,
+        })?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let (tx, rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(serve_proxy(app.clone(), proxy_listener, rx.clone())),
+        tokio::spawn(crate::admin::serve(app.clone(), admin_listener, rx)),
+    ];
+    info!(%proxy_addr, %admin_addr, "cutover listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        app,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+async fn serve_proxy(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req, remote).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, %remote, "client connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("in-flight requests still running after 30 s; closing"),
+    }
+}
+
+/// A short plain-text response made by the proxy itself.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn upstream_response(resp: Response<Incoming>) -> (http::response::Parts, Incoming) {
+    let (mut parts, body) = resp.into_parts();
+    upstream::strip_hop_by_hop(&mut parts.headers);
+    (parts, body)
+}
+
+/// Whether this request is in the sample: sticky per session cookie (a hash of its value, the
+/// same on every proxy of a fleet), random without one.
+pub fn sampled(rate: f64, session: Option<&str>) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    let x = match session {
+        Some(id) => {
+            // FNV-1a: stable across processes and versions, unlike std's hasher.
+            let mut h: u64 = 0xcbf29ce484222325;
+            for b in id.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            (h >> 11) as f64 / (1u64 << 53) as f64
+        }
+        None => fastrand::f64(),
+    };
+    x < rate
+}
+
+fn session_id_of(headers: &http::HeaderMap, cookie: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| crate::session::cookie_value(v, cookie).map(str::to_string))
+}
+
+/// What happened to the request body before forwarding.
+enum RequestBody {
+    /// Read whole (within the cap): can be sent to both sides.
+    Buffered(Bytes),
+    /// Too large or unknown: streamed to the legacy app only.
+    Streamed(ProxyBody),
+}
+
+/// Reads a request body up to `cap`; past that, returns a body replaying what was read and
+/// then the rest, so the legacy app still gets every byte.
+async fn read_body_capped(
+    body: Incoming,
+    cap: usize,
+    declared: Option<u64>,
+) -> Result<RequestBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Buffered(Bytes::new()));
+    }
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Ok(RequestBody::Streamed(body::boxed(body)));
+    }
+    let mut body = body;
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len();
+            chunks.push(data);
+            if len > cap {
+                return Ok(RequestBody::Streamed(body::boxed(ReplayBody::new(
+                    chunks, body, declared,
+                ))));
+            }
+        }
+    }
+    Ok(RequestBody::Buffered(body::concat(chunks)))
+}
+
+/// Serves one client request.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "cutover: CONNECT is not proxied\n",
+        );
+    }
+    let entry = app.routes.lookup(parts.uri.path(), &app.metrics);
+    upstream::strip_hop_by_hop(&mut parts.headers);
+    upstream::strip_cutover_headers(&mut parts.headers);
+    upstream::add_forwarded(&mut parts.headers, remote);
+    let mode = entry.mode();
+    let session = session_id_of(&parts.headers, &app.session_cookie);
+    match mode {
+        Mode::Legacy => serve_plain(&app, &entry, mode, parts, body::boxed(body), started).await,
+        Mode::Shadow => serve_shadow(&app, &entry, parts, body, session, started).await,
+        Mode::Candidate => {
+            if entry.percent() >= 100
+                || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
+            {
+                serve_candidate(&app, &entry, parts, body, started).await
+            } else {
+                serve_shadow(&app, &entry, parts, body, session, started).await
+            }
+        }
+    }
+}
+
+fn forward_request(
+    url: &UpstreamUrl,
+    parts: &http::request::Parts,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, http::Error> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = url.join(pq)?;
+    *req.headers_mut() = parts.headers.clone();
+    Ok(req)
+}
+
+/// Sends to the legacy app and streams its answer back; nothing else.
+async fn serve_plain(
+    app: &App,
+    entry: &RouteEntry,
+    mode: Mode,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let resp = match forward_request(&app.legacy, &parts, body) {
+        Ok(req) => app.client.request(req).await,
+        Err(e) => {
+            warn!(error = %e, "cannot build the legacy request");
+            return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
+        }
+    };
+    let elapsed = started.elapsed();
+    match resp {
+        Ok(resp) => {
+            entry.stats.legacy_duration.observe(elapsed.as_secs_f64());
+            let (parts_out, body) = upstream_response(resp);
+            entry.stats.request(mode, parts_out.status.as_u16(), false);
+            access_log(
+                entry,
+                mode,
+                "legacy",
+                &parts,
+                Some(parts_out.status.as_u16()),
+                Some(elapsed),
+                None,
+                None,
+                "not_mirrored",
+            );
+            Response::from_parts(parts_out, body::boxed(body))
+        }
+        Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
+    }
+}
+
+fn legacy_failed(
+    entry: &RouteEntry,
+    mode: Mode,
+    parts: &http::request::Parts,
+    e: hyper_util::client::legacy::Error,
+    elapsed: Duration,
+) -> Response<ProxyBody> {
+    warn!(route = %entry.label, error = %e, "legacy upstream failed");
+    entry.stats.upstream_error(Side::Legacy);
+    entry.stats.request(mode, 502, false);
+    access_log(
+        entry,
+        mode,
+        "proxy",
+        parts,
+        Some(502),
+        Some(elapsed),
+        None,
+        None,
+        "legacy_error",
+    );
+    plain(
+        StatusCode::BAD_GATEWAY,
+        "cutover: the legacy upstream is unavailable\n",
+    )
+}
+
+async fn serve_shadow(
+    app: &Arc<App>,
+    entry: &Arc<RouteEntry>,
+    parts: http::request::Parts,
+    body: Incoming,
+    session: Option<String>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let mode = Mode::Shadow;
+    if !entry.mirror_methods.contains(&parts.method) {
+        app.metrics.dropped(DropReason::Method);
+        return serve_plain(app, entry, mode, parts, body::boxed(body), started).await;
+    }
+    if !sampled(entry.sample, session.as_deref()) {
+        app.metrics.dropped(DropReason::SampledOut);
+        return serve_plain(app, entry, mode, parts, body::boxed(body), started).await;
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let request_body = match read_body_capped(body, entry.max_body_bytes, declared).await {
+        Ok(b) => b,
+        Err(e) => {
+            debug!(error = %e, "client request body failed");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "cutover: the request body could not be read\n",
+            );
+        }
+    };
+    let bytes = match request_body {
+        RequestBody::Streamed(b) => {
+            app.metrics.dropped(DropReason::BodyTooLarge);
+            return serve_plain(app, entry, mode, parts, b, started).await;
+        }
+        RequestBody::Buffered(b) => b,
+    };
+    let Some(slot) = app.dispatcher.try_reserve() else {
+        app.metrics.dropped(DropReason::QueueFull);
+        return serve_plain(app, entry, mode, parts, body::full(bytes), started).await;
+    };
+    let (head_tx, head_rx) = oneshot::channel::<LegacyHead>();
+    mirror::spawn_exchange(
+        app.clone(),
+        entry.clone(),
+        slot,
+        mirror::ShadowRequest {
+            parts: parts.clone(),
+            body: bytes.clone(),
+            session,
+        },
+        head_rx,
+    );
+    let resp = match forward_request(&app.legacy, &parts, body::full(bytes)) {
+        Ok(req) => app.client.request(req).await,
+        Err(e) => {
+            warn!(error = %e, "cannot build the legacy request");
+            return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
+        }
+    };
+    let elapsed = started.elapsed();
+    match resp {
+        Ok(resp) => {
+            entry.stats.legacy_duration.observe(elapsed.as_secs_f64());
+            let (parts_out, body) = upstream_response(resp);
+            entry.stats.request(mode, parts_out.status.as_u16(), true);
+            let (cap_tx, cap_rx) = oneshot::channel();
+            let _ = head_tx.send(LegacyHead {
+                status: parts_out.status,
+                headers: parts_out.headers.clone(),
+                elapsed,
+                capture: cap_rx,
+            });
+            let tee = TeeBody::new(body, entry.max_body_bytes, cap_tx);
+            Response::from_parts(parts_out, body::boxed(tee))
+        }
+        Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
+    }
+}
+
+/// Safe methods may be retried on the legacy app when the candidate cannot answer.
+fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+async fn serve_candidate(
+    app: &Arc<App>,
+    entry: &Arc<RouteEntry>,
+    parts: http::request::Parts,
+    body: Incoming,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let mode = Mode::Candidate;
+    let retry_on_legacy = is_safe(&parts.method) && body.is_end_stream();
+    let req = match forward_request(&entry.candidate, &parts, body::boxed(body)) {
+        Ok(r) => r,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n"),
+    };
+    let result = tokio::time::timeout(entry.candidate_timeout, app.client.request(req)).await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(Ok(resp)) => {
+            entry
+                .stats
+                .candidate_duration
+                .observe(elapsed.as_secs_f64());
+            let (parts_out, body) = upstream_response(resp);
+            entry.stats.request(mode, parts_out.status.as_u16(), false);
+            access_log(
+                entry,
+                mode,
+                "candidate",
+                &parts,
+                None,
+                None,
+                Some(parts_out.status.as_u16()),
+                Some(elapsed),
+                "promoted",
+            );
+            Response::from_parts(parts_out, body::boxed(body))
+        }
+        failed => {
+            entry.stats.upstream_error(Side::Candidate);
+            if let Err(_) | Ok(Err(_)) = failed {
+                warn!(route = %entry.label, "candidate failed in candidate mode");
+            }
+            if retry_on_legacy {
+                serve_plain(app, entry, mode, parts, body::empty(), Instant::now()).await
+            } else {
+                entry.stats.request(mode, 502, false);
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "cutover: the candidate upstream is unavailable\n",
+                )
+            }
+        }
+    }
+}
+
+/// One JSON line per request on the `cutover::access` target.
+#[allow(clippy::too_many_arguments)]
+pub fn access_log(
+    entry: &RouteEntry,
+    mode: Mode,
+    served_by: &str,
+    parts: &http::request::Parts,
+    legacy_status: Option<u16>,
+    legacy_time: Option<Duration>,
+    candidate_status: Option<u16>,
+    candidate_time: Option<Duration>,
+    outcome: &str,
+) {
+    tracing::info!(
+        target: "cutover::access",
+        route = %entry.label,
+        mode = mode.as_str(),
+        served_by,
+        method = %parts.method,
+        path = parts.uri.path(),
+        legacy_status,
+        legacy_ms = legacy_time.map(|d| d.as_secs_f64() * 1000.0),
+        candidate_status,
+        candidate_ms = candidate_time.map(|d| d.as_secs_f64() * 1000.0),
+        outcome,
+    );
+}

@@ -1,0 +1,556 @@
+//! Counting: the Prometheus metrics of the contract (one registry owned by the app, no globals,
+//! one `register()` for the whole group) and the per-route sliding windows the gate judges.
+//!
+//! Per-route counter handles are created once, when the route's entry is created, and kept in
+//! [`RouteStats`], so the request path never hashes label strings.
+
+use crate::config::Mode;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Outcome of one shadow comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Match,
+    Mismatch,
+    CandidateError,
+    Skipped,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Match,
+        Outcome::Mismatch,
+        Outcome::CandidateError,
+        Outcome::Skipped,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Match => "match",
+            Outcome::Mismatch => "mismatch",
+            Outcome::CandidateError => "candidate_error",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Why a mirror was not sent or not completed (`cutover_shadow_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    BodyTooLarge,
+    Method,
+    SampledOut,
+    Timeout,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::BodyTooLarge,
+        DropReason::Method,
+        DropReason::SampledOut,
+        DropReason::Timeout,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::BodyTooLarge => "body_too_large",
+            DropReason::Method => "method",
+            DropReason::SampledOut => "sampled_out",
+            DropReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// Which upstream a duration or an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    Candidate,
+    LegacyTwin,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Legacy => "legacy",
+            Side::Candidate => "candidate",
+            Side::LegacyTwin => "legacy_twin",
+        }
+    }
+}
+
+/// The metric families of the contract, plus a few additions (marked).
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub comparisons: IntCounterVec,
+    pub mismatch_ratio: GaugeVec,
+    pub upstream_duration: HistogramVec,
+    pub shadow_dropped: IntCounterVec,
+    pub session_resolutions: IntCounterVec,
+    pub route_mode: IntGaugeVec,
+    pub gate_passing: IntGaugeVec,
+    pub differences: IntCounterVec,
+    /// Addition: failed upstream exchanges (connect, reset, timeout) by side.
+    pub upstream_errors: IntCounterVec,
+    /// Addition: mirrors in flight or queued now.
+    pub shadow_in_flight: prometheus::IntGauge,
+    dropped: [IntCounter; 5],
+}
+
+impl Metrics {
+    /// Creates and registers the whole group.
+    pub fn register() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "cutover_requests_total",
+                "Client requests by route, mode and status class.",
+            ),
+            &["route", "mode", "status_class"],
+        )?;
+        let comparisons = IntCounterVec::new(
+            Opts::new(
+                "cutover_comparisons_total",
+                "Shadow comparisons by outcome.",
+            ),
+            &["route", "outcome"],
+        )?;
+        let mismatch_ratio = GaugeVec::new(
+            Opts::new(
+                "cutover_mismatch_ratio",
+                "Mismatches and candidate errors over samples, over the gate window.",
+            ),
+            &["route"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cutover_upstream_duration_seconds",
+                "Time to the upstream's response head.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route", "upstream"],
+        )?;
+        let shadow_dropped = IntCounterVec::new(
+            Opts::new(
+                "cutover_shadow_dropped_total",
+                "Eligible-looking requests not mirrored or not completed, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let session_resolutions = IntCounterVec::new(
+            Opts::new(
+                "cutover_session_resolutions_total",
+                "Session look-ups by store and outcome.",
+            ),
+            &["store", "outcome"],
+        )?;
+        let route_mode = IntGaugeVec::new(
+            Opts::new("cutover_route_mode", "1 for the route's current mode."),
+            &["route", "mode"],
+        )?;
+        let gate_passing = IntGaugeVec::new(
+            Opts::new(
+                "cutover_gate_passing",
+                "1 while the route's promotion gate passes.",
+            ),
+            &["route"],
+        )?;
+        let differences = IntCounterVec::new(
+            Opts::new(
+                "cutover_differences_total",
+                "Differences found by field and kind.",
+            ),
+            &["route", "field", "kind"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "cutover_upstream_errors_total",
+                "Upstream exchanges that failed (connect, reset, timeout).",
+            ),
+            &["route", "upstream"],
+        )?;
+        let shadow_in_flight = prometheus::IntGauge::new(
+            "cutover_shadow_in_flight",
+            "Mirrors running or queued now.",
+        )?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(comparisons.clone()),
+            Box::new(mismatch_ratio.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(shadow_dropped.clone()),
+            Box::new(session_resolutions.clone()),
+            Box::new(route_mode.clone()),
+            Box::new(gate_passing.clone()),
+            Box::new(differences.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(shadow_in_flight.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        let dropped = DropReason::ALL.map(|r| shadow_dropped.with_label_values(&[r.as_str()]));
+        Ok(Metrics {
+            registry,
+            requests,
+            comparisons,
+            mismatch_ratio,
+            upstream_duration,
+            shadow_dropped,
+            session_resolutions,
+            route_mode,
+            gate_passing,
+            differences,
+            upstream_errors,
+            shadow_in_flight,
+            dropped,
+        })
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped[reason as usize].inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for I/O reasons; a collector error yields what was written.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Number of latency histogram buckets: bucket i holds durations below 2^(i/4) × 50 µs.
+const LAT_BUCKETS: usize = 64;
+
+fn lat_bucket(d: Duration) -> usize {
+    let us = d.as_secs_f64() * 1e6 / 50.0;
+    if us <= 1.0 {
+        return 0;
+    }
+    ((us.log2() * 4.0).ceil() as usize).min(LAT_BUCKETS - 1)
+}
+
+fn lat_bucket_upper_ms(i: usize) -> f64 {
+    0.05 * 2f64.powf(i as f64 / 4.0)
+}
+
+/// Counts for one window slot (or the sum over the window).
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    pub matches: u64,
+    pub mismatches: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    pub requests: u64,
+    pub mirrored: u64,
+    pub legacy_lat: [u32; LAT_BUCKETS],
+    pub candidate_lat: [u32; LAT_BUCKETS],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            matches: 0,
+            mismatches: 0,
+            errors: 0,
+            skipped: 0,
+            requests: 0,
+            mirrored: 0,
+            legacy_lat: [0; LAT_BUCKETS],
+            candidate_lat: [0; LAT_BUCKETS],
+        }
+    }
+}
+
+impl Counts {
+    /// Completed comparisons: what the gate counts as samples.
+    pub fn samples(&self) -> u64 {
+        self.matches + self.mismatches + self.errors
+    }
+
+    fn add(&mut self, o: &Counts) {
+        self.matches += o.matches;
+        self.mismatches += o.mismatches;
+        self.errors += o.errors;
+        self.skipped += o.skipped;
+        self.requests += o.requests;
+        self.mirrored += o.mirrored;
+        for i in 0..LAT_BUCKETS {
+            self.legacy_lat[i] += o.legacy_lat[i];
+            self.candidate_lat[i] += o.candidate_lat[i];
+        }
+    }
+
+    /// Quantile `q` of a latency histogram in milliseconds (the bucket's upper edge), None when empty.
+    pub fn quantile_ms(hist: &[u32; LAT_BUCKETS], q: f64) -> Option<f64> {
+        let total: u64 = hist.iter().map(|&c| u64::from(c)).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, &c) in hist.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return Some(lat_bucket_upper_ms(i));
+            }
+        }
+        Some(lat_bucket_upper_ms(LAT_BUCKETS - 1))
+    }
+}
+
+/// A sliding window as a ring of time slots; old slots are reused, so memory is fixed.
+#[derive(Debug)]
+pub struct Window {
+    slot_secs: u64,
+    slots: Vec<(u64, Counts)>,
+}
+
+const SLOTS: u64 = 60;
+
+impl Window {
+    pub fn new(window_secs: u64) -> Window {
+        let slot_secs = (window_secs / SLOTS).max(1);
+        Window {
+            slot_secs,
+            slots: vec![(u64::MAX, Counts::default()); SLOTS as usize],
+        }
+    }
+
+    fn slot(&mut self, now_secs: u64) -> &mut Counts {
+        let index = now_secs / self.slot_secs;
+        let at = (index % SLOTS) as usize;
+        let slot = &mut self.slots[at];
+        if slot.0 != index {
+            *slot = (index, Counts::default());
+        }
+        &mut slot.1
+    }
+
+    /// The sum of the slots still inside the window at `now_secs` (the current one included).
+    pub fn sum(&self, now_secs: u64) -> Counts {
+        let current = now_secs / self.slot_secs;
+        let oldest = current.saturating_sub(SLOTS - 1);
+        let mut total = Counts::default();
+        for (index, c) in &self.slots {
+            if *index != u64::MAX && *index >= oldest && *index <= current {
+                total.add(c);
+            }
+        }
+        total
+    }
+
+    /// Mismatch rate of each of the last `n` slots, oldest first (for sparklines).
+    pub fn rate_series(&self, now_secs: u64, n: usize) -> Vec<Option<f64>> {
+        let current = now_secs / self.slot_secs;
+        (0..n as u64)
+            .rev()
+            .map(|back| {
+                let index = current.checked_sub(back)?;
+                let (i, c) = &self.slots[(index % SLOTS) as usize];
+                if *i != index || c.samples() == 0 {
+                    return None;
+                }
+                Some((c.mismatches + c.errors) as f64 / c.samples() as f64)
+            })
+            .collect()
+    }
+
+    pub fn clear(&mut self) {
+        for s in &mut self.slots {
+            *s = (u64::MAX, Counts::default());
+        }
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One route label's counters: Prometheus handles made once, and its window.
+pub struct RouteStats {
+    pub label: String,
+    requests: [[OnceLock<IntCounter>; 6]; 3],
+    comparisons: [IntCounter; 4],
+    pub legacy_duration: Histogram,
+    pub candidate_duration: Histogram,
+    pub twin_duration: Histogram,
+    legacy_errors: IntCounter,
+    candidate_errors: IntCounter,
+    metrics_requests: IntCounterVec,
+    window: Mutex<Window>,
+}
+
+impl RouteStats {
+    pub fn new(label: &str, metrics: &Metrics, window_secs: u64) -> RouteStats {
+        let hist = |side: Side| {
+            metrics
+                .upstream_duration
+                .with_label_values(&[label, side.as_str()])
+        };
+        RouteStats {
+            label: label.to_string(),
+            requests: Default::default(),
+            comparisons: Outcome::ALL
+                .map(|o| metrics.comparisons.with_label_values(&[label, o.as_str()])),
+            legacy_duration: hist(Side::Legacy),
+            candidate_duration: hist(Side::Candidate),
+            twin_duration: hist(Side::LegacyTwin),
+            legacy_errors: metrics
+                .upstream_errors
+                .with_label_values(&[label, "legacy"]),
+            candidate_errors: metrics
+                .upstream_errors
+                .with_label_values(&[label, "candidate"]),
+            metrics_requests: metrics.requests.clone(),
+            window: Mutex::new(Window::new(window_secs)),
+        }
+    }
+
+    fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere mid-update; the counts are still usable.
+        let mut w = match self.window.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut w)
+    }
+
+    /// A client request was answered with `status` in `mode`.
+    pub fn request(&self, mode: Mode, status: u16, mirrored: bool) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+        self.requests[mode.index()][class]
+            .get_or_init(|| {
+                self.metrics_requests.with_label_values(&[
+                    &self.label,
+                    mode.as_str(),
+                    CLASSES[class],
+                ])
+            })
+            .inc();
+        let now = now_secs();
+        self.with_window(|w| {
+            let s = w.slot(now);
+            s.requests += 1;
+            if mirrored {
+                s.mirrored += 1;
+            }
+        });
+    }
+
+    pub fn upstream_error(&self, side: Side) {
+        match side {
+            Side::Legacy => self.legacy_errors.inc(),
+            _ => self.candidate_errors.inc(),
+        }
+    }
+
+    /// A comparison finished (or was skipped).
+    pub fn outcome(&self, outcome: Outcome, legacy: Option<Duration>, candidate: Option<Duration>) {
+        self.comparisons[outcome as usize].inc();
+        let now = now_secs();
+        self.with_window(|w| {
+            let s = w.slot(now);
+            match outcome {
+                Outcome::Match => s.matches += 1,
+                Outcome::Mismatch => s.mismatches += 1,
+                Outcome::CandidateError => s.errors += 1,
+                Outcome::Skipped => s.skipped += 1,
+            }
+            if let Some(d) = legacy {
+                s.legacy_lat[lat_bucket(d)] += 1;
+            }
+            if let Some(d) = candidate {
+                s.candidate_lat[lat_bucket(d)] += 1;
+            }
+        });
+    }
+
+    pub fn window_sum(&self) -> Counts {
+        let now = now_secs();
+        self.with_window(|w| w.sum(now))
+    }
+
+    pub fn rate_series(&self, n: usize) -> Vec<Option<f64>> {
+        let now = now_secs();
+        self.with_window(|w| w.rate_series(now, n))
+    }
+
+    pub fn reset_window(&self) {
+        self.with_window(Window::clear);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_forgets_old_slots() {
+        let mut w = Window::new(60); // 1-second slots
+        w.slot(1000).matches += 3;
+        w.slot(1030).mismatches += 1;
+        assert_eq!(w.sum(1030).samples(), 4);
+        assert_eq!(w.sum(1059).samples(), 4);
+        // At 1060 the slot of second 1000 has left the window.
+        assert_eq!(w.sum(1060).samples(), 1);
+        assert_eq!(w.sum(1090).samples(), 0);
+        // A reused ring slot starts from zero.
+        w.slot(1120).matches += 1;
+        assert_eq!(w.sum(1120).matches, 1);
+    }
+
+    #[test]
+    fn quantiles_from_buckets() {
+        let mut c = Counts::default();
+        for ms in [1.0, 1.0, 1.0, 100.0] {
+            c.legacy_lat[lat_bucket(Duration::from_secs_f64(ms / 1000.0))] += 1;
+        }
+        let p50 = Counts::quantile_ms(&c.legacy_lat, 0.5).expect("data");
+        assert!((1.0..1.2).contains(&p50), "{p50}");
+        let p99 = Counts::quantile_ms(&c.legacy_lat, 0.99).expect("data");
+        assert!((100.0..120.0).contains(&p99), "{p99}");
+        assert_eq!(Counts::quantile_ms(&[0; LAT_BUCKETS], 0.5), None);
+    }
+
+    #[test]
+    fn metrics_encode_contract_names() {
+        let m = Metrics::register().expect("register");
+        let r = RouteStats::new("/users/{id}", &m, 3600);
+        r.request(Mode::Shadow, 200, true);
+        r.outcome(Outcome::Match, None, None);
+        m.dropped(DropReason::Method);
+        let text = String::from_utf8(m.encode()).expect("utf8");
+        assert!(
+            text.contains(
+                r#"cutover_requests_total{mode="shadow",route="/users/{id}",status_class="2xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cutover_comparisons_total{outcome="match",route="/users/{id}"} 1"#)
+        );
+        assert!(text.contains(r#"cutover_shadow_dropped_total{reason="method"} 1"#));
+    }
+}
