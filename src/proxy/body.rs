@@ -52,20 +52,31 @@ pub struct TeeBody<B> {
     chunks: Vec<Bytes>,
     len: usize,
     cap: usize,
+    /// The exact length the upstream declared, if it did: hyper stops polling a body once
+    /// that many bytes went out, so the end is recognised by the count, not by a final poll.
+    declared: Option<u64>,
     tx: Option<oneshot::Sender<Capture>>,
 }
 
-impl<B> TeeBody<B> {
+impl<B: Body> TeeBody<B> {
     pub fn new(inner: B, cap: usize, tx: oneshot::Sender<Capture>) -> TeeBody<B> {
-        TeeBody {
+        let declared = inner.size_hint().exact();
+        let mut tee = TeeBody {
             inner,
             chunks: Vec::new(),
             len: 0,
             cap,
+            declared,
             tx: Some(tx),
+        };
+        if declared == Some(0) {
+            tee.finish(Capture::Complete(Vec::new()));
         }
+        tee
     }
+}
 
+impl<B> TeeBody<B> {
     fn finish(&mut self, c: Capture) {
         if let Some(tx) = self.tx.take() {
             // The comparison may have given up already; nothing to do then.
@@ -95,8 +106,14 @@ where
                         this.len += data.len();
                         if this.len > this.cap {
                             this.finish(Capture::TooLarge);
-                        } else if !data.is_empty() {
-                            this.chunks.push(data.clone());
+                        } else {
+                            if !data.is_empty() {
+                                this.chunks.push(data.clone());
+                            }
+                            if this.declared == Some(this.len as u64) {
+                                let chunks = std::mem::take(&mut this.chunks);
+                                this.finish(Capture::Complete(chunks));
+                            }
                         }
                     }
                 }

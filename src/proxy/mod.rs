@@ -318,6 +318,14 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
+    if head_size(&parts) > MAX_HEAD_BYTES {
+        // hyper's read buffer limit is not an exact head limit: a head that arrives in one
+        // read can pass it. This is the exact one.
+        return plain(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "cutover: request head too large\n",
+        );
+    }
     if parts.method == Method::CONNECT {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -343,6 +351,15 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// Bytes of a request head as it came over the wire (request line, headers, line ends).
+fn head_size(parts: &http::request::Parts) -> usize {
+    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    parts
+        .headers
+        .iter()
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 fn forward_request(

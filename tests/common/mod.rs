@@ -1,0 +1,411 @@
+//! Test support: in-process origin servers on ephemeral loopback ports, a cutover started in
+//! process from config text, a raw HTTP/1.1 client that shows exactly what came over the
+//! wire, and readiness polling (never a bare sleep used as synchronisation).
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type OriginBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type Handler = Arc<
+    dyn Fn(RecordedRequest) -> Pin<Box<dyn Future<Output = http::Response<OriginBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A request as an origin saw it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// An origin server on 127.0.0.1:<ephemeral> that records what it received.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<RecordedRequest>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    /// Starts an origin whose answers come from `f`.
+    pub async fn start<F, Fut>(f: F) -> Origin
+    where
+        F: Fn(RecordedRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = http::Response<OriginBody>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |r| Box::pin(f(r)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                        let handler = handler.clone();
+                        let seen = seen.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let rec = RecordedRequest {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                            };
+                            seen.lock().expect("lock").push(rec.clone());
+                            Ok::<_, Infallible>(handler(rec).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Origin { addr, seen, task }
+    }
+
+    /// An origin that accepts connections and never answers (reads and holds them).
+    pub async fn hanging() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await;
+                held.push(stream);
+            }
+        });
+        Origin { addr, seen, task }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback address with nothing listening (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+pub fn body(b: impl Into<Bytes>) -> OriginBody {
+    Full::new(b.into()).boxed()
+}
+
+/// A response with a body and headers.
+pub fn respond(
+    status: u16,
+    headers: &[(&str, &str)],
+    b: impl Into<Bytes>,
+) -> http::Response<OriginBody> {
+    let mut r = http::Response::new(body(b));
+    *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+    for (k, v) in headers {
+        r.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            http::HeaderValue::from_str(v).expect("value"),
+        );
+    }
+    r
+}
+
+/// Starts cutover from config text; `{legacy}`, `{candidate}` etc. are filled in by the caller.
+pub async fn cutover(config: &str) -> cutover::proxy::Running {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg =
+        cutover::config::Config::from_str_at(config, "test.toml", base).expect("valid test config");
+    cutover::proxy::start(cfg).await.expect("cutover starts")
+}
+
+/// The config header every test uses: ephemeral ports.
+pub fn base_config(legacy: &str, candidate: &str) -> String {
+    format!(
+        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[upstreams]\nlegacy = \"{legacy}\"\ncandidate = \"{candidate}\"\n"
+    )
+}
+
+/// A response as raw bytes came back: status line, headers in order, decoded body.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Status and headers (in order) of a response head.
+pub fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        })
+        .collect();
+    (status, headers)
+}
+
+/// Parses one response from `buf`; returns it and how many bytes it used, or None if more is needed.
+pub fn parse_response(buf: &[u8], head_request: bool) -> Option<(RawResponse, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let (status, headers) = parse_head(&buf[..end]);
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body: Vec::new(),
+            },
+            end,
+        ));
+    }
+    if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        let mut pos = end;
+        let mut body = Vec::new();
+        loop {
+            let line_end = buf[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+            let size_text = std::str::from_utf8(&buf[pos..line_end]).ok()?;
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            pos = line_end + 2;
+            if size == 0 {
+                let trailer_end = buf[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+                pos = trailer_end + 2;
+                return Some((
+                    RawResponse {
+                        status,
+                        headers,
+                        body,
+                    },
+                    pos,
+                ));
+            }
+            if buf.len() < pos + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&buf[pos..pos + size]);
+            pos += size + 2;
+        }
+    }
+    if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        if buf.len() < end + len {
+            return None;
+        }
+        return Some((
+            RawResponse {
+                status,
+                headers,
+                body: buf[end..end + len].to_vec(),
+            },
+            end + len,
+        ));
+    }
+    None // read to close
+}
+
+/// Sends raw request bytes on a fresh connection and reads one response (to close if needed).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let head_request = request.starts_with(b"HEAD ");
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Some((r, _)) = parse_response(&buf, head_request) {
+            return r;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+            .await
+            .expect("response within 20 s")
+            .expect("read");
+        if n == 0 {
+            // Close-delimited body (or a truncated one: the caller sees what arrived).
+            let end = buf
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("a complete head")
+                + 4;
+            let (status, headers) = parse_head(&buf[..end]);
+            return RawResponse {
+                status,
+                headers,
+                body: buf[end..].to_vec(),
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A simple GET with `Connection: close`.
+pub async fn get(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> RawResponse {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw_request(addr, req.as_bytes()).await
+}
+
+/// The admin API's JSON.
+pub async fn api(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let r = get(admin, path, &[]).await;
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    serde_json::from_slice(&r.body).expect("json")
+}
+
+/// The value of one series in a Prometheus text scrape (0 when absent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let found: HashMap<&str, &str> = rest
+            .split("\",")
+            .filter_map(|kv| kv.split_once("=\""))
+            .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
+            .collect();
+        if labels.iter().all(|(k, v)| found.get(k) == Some(v)) {
+            return value.parse().unwrap_or(f64::NAN);
+        }
+    }
+    0.0
+}
+
+pub async fn scrape(admin: SocketAddr) -> String {
+    String::from_utf8(get(admin, "/metrics", &[]).await.body).expect("utf8")
+}
+
+/// Polls `check` until it returns true or `within` passes (then panics with `what`).
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resident set size of this process in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// A required external tool; a missing one fails the test with how to install it.
+pub fn require_tool(name: &str, install: &str) -> std::path::PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = std::path::Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed; install it with: {install} (or run .ci/run, which installs everything the tests need)");
+}
+
+/// Waits until a TCP port accepts connections.
+pub async fn wait_port(addr: SocketAddr, within: Duration) {
+    eventually(within, &format!("{addr} accepting"), || async move {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
