@@ -824,33 +824,113 @@ pub fn line_of(text: &str, start: usize, end: usize) -> usize {
         + 1
 }
 
-/// Turns a toml/serde error into a located [`ConfigError`]; the key is the text at the span
-/// (for an unknown field, the field's name).
+/// The dotted key written at byte `offset` (`defaults.sample`, `route[2].mode`), from the
+/// `key = value` on that line and the table header above it.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let before = &text[..line_start];
+    let header = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    let table = match header {
+        None => return Some(key.to_string()),
+        Some(h) if h.starts_with("[[") => {
+            let name = h
+                .trim_start_matches("[[")
+                .split("]]")
+                .next()
+                .unwrap_or("")
+                .trim();
+            let index = before
+                .lines()
+                .filter(|l| l.trim() == h)
+                .count()
+                .saturating_sub(1);
+            format!("{name}[{index}]")
+        }
+        Some(h) => h
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    };
+    Some(format!("{table}.{key}"))
+}
+
+/// Turns a toml/serde error into a located [`ConfigError`]: the key is the dotted key at the
+/// error's place, or the text there when it is not on a `key = value` line.
 pub fn toml_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     let (line, key) = match e.span() {
         Some(span) => {
-            let snippet = text.get(span.clone()).unwrap_or("").trim();
-            let key: String = snippet
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(60)
-                .collect();
+            let key = key_at(text, span.start).unwrap_or_else(|| {
+                let snippet = text.get(span.clone()).unwrap_or("").trim();
+                snippet
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(60)
+                    .collect()
+            });
             (line_of(text, span.start.max(1), span.end), key)
         }
         None => (0, String::new()),
     };
-    let message = e.message().to_string();
-    let key = if key.is_empty() {
-        "-".to_string()
-    } else {
-        key.trim_matches('"').to_string()
-    };
+    let key = if key.is_empty() { "-".to_string() } else { key };
     ConfigError {
         file: name.to_string(),
         line,
         key,
-        message,
+        message: e.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_named_with_their_table() {
+        let t =
+            "a = 1\n[defaults]\nsample = 2\n[[route]]\npattern = \"/a\"\n[[route]]\nmode = \"x\"\n";
+        assert_eq!(key_at(t, 2).as_deref(), Some("a"));
+        assert_eq!(
+            key_at(t, t.find("sample").expect("in text") + 9).as_deref(),
+            Some("defaults.sample")
+        );
+        assert_eq!(
+            key_at(t, t.find("mode").expect("in text")).as_deref(),
+            Some("route[1].mode")
+        );
+        assert_eq!(key_at(t, t.find("[defaults]").expect("in text")), None);
+    }
+
+    #[test]
+    fn defaults_of_the_contract() {
+        let c = Config::from_str_at(
+            "[upstreams]\nlegacy = \"http://a\"\ncandidate = \"http://b\"\n",
+            "t",
+            Path::new("."),
+        )
+        .expect("minimal config");
+        assert_eq!(c.listen.proxy.get_ref(), "127.0.0.1:8080");
+        assert_eq!(c.listen.admin.get_ref(), "127.0.0.1:9090");
+        assert_eq!(c.defaults.mode, Mode::Shadow);
+        assert_eq!(c.defaults.max_body_bytes, 4_194_304);
+        assert_eq!(c.defaults.max_routes, 500);
+        assert_eq!(c.gate.min_samples, 1000);
+        assert_eq!(c.session.store, StoreKind::None);
+        assert_eq!(c.samples.per_route, 20);
     }
 }

@@ -2,6 +2,7 @@
 //! ([`files`]), and the cookie rules that say which session a request belongs to.
 
 pub mod files;
+pub mod php;
 
 /// Validates a session id as PHP does: 1–256 characters of `[A-Za-z0-9,-]`, after URL-decoding.
 /// Anything else is no session (and can never become a path).
