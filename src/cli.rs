@@ -37,6 +37,62 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// PHP session tools.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Print a PHP session blob (a file, or stdin) as {"data": …} in the contract's JSON form.
+    Decode {
+        #[arg(long, default_value = "php", value_parser = ["php", "php_serialize", "php_binary"])]
+        serializer: String,
+        /// The blob's file (default: standard input).
+        file: Option<PathBuf>,
+    },
+}
+
+/// `cutover session decode`: the JSON on stdout, errors on stderr (exit 2).
+fn session_decode(serializer: &str, file: Option<&std::path::Path>) -> u8 {
+    use std::io::Read;
+    let mut blob = Vec::new();
+    let read = match file {
+        Some(f) => std::fs::read(f).map(|b| blob = b),
+        None => std::io::stdin().read_to_end(&mut blob).map(|_| ()),
+    };
+    if let Err(e) = read {
+        eprintln!("cutover: cannot read the session: {e}");
+        return EXIT_RUNTIME;
+    }
+    let Some(ser) = crate::session::php::Serializer::parse(serializer) else {
+        eprintln!("cutover: unknown serializer {serializer}");
+        return EXIT_RUNTIME;
+    };
+    // PHP allows 4096 nesting levels; the codec recurses per level, so give it room.
+    let work = std::thread::Builder::new()
+        .stack_size(crate::session::php::STACK_BYTES)
+        .spawn(move || {
+            crate::session::php::decode_session(&blob, ser, crate::session::php::DEFAULT_MAX_BYTES)
+                .and_then(|s| s.to_json())
+                .map(|data| serde_json::json!({ "data": data }))
+        });
+    match work.map(|h| h.join()) {
+        Ok(Ok(Ok(v))) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            EXIT_OK
+        }
+        Ok(Ok(Err(e))) => {
+            eprintln!("cutover: the session does not decode: {e}");
+            EXIT_RUNTIME
+        }
+        _ => {
+            eprintln!("cutover: the decoder failed");
+            EXIT_RUNTIME
+        }
+    }
 }
 
 fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
@@ -71,6 +127,9 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
+        Command::Session {
+            command: SessionCommand::Decode { serializer, file },
+        } => session_decode(&serializer, file.as_deref()),
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());

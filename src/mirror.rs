@@ -53,7 +53,8 @@ pub struct LegacyHead {
 pub struct ShadowRequest {
     pub parts: http::request::Parts,
     pub body: Bytes,
-    pub session: Option<String>,
+    /// The signed session snapshot, resolved before PHP saw the request.
+    pub session_header: Option<HeaderValue>,
 }
 
 /// What the candidate did.

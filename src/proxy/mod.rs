@@ -41,6 +41,8 @@ pub struct App {
     pub metrics: Metrics,
     pub dispatcher: Dispatcher,
     pub session_cookie: String,
+    /// The session store and header signer (None with `store = "none"`).
+    pub session: Option<crate::session::resolve::Resolver>,
     pub started: Instant,
 }
 
@@ -58,7 +60,7 @@ pub enum StartError {
 }
 
 impl App {
-    pub fn new(config: Config) -> Result<App, StartError> {
+    pub async fn new(config: Config) -> Result<App, StartError> {
         let metrics =
             Metrics::register().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
         let legacy =
@@ -75,6 +77,9 @@ impl App {
         let pool = config.mirror.concurrency.max(64);
         let client = upstream::client(ca.as_deref(), pool).map_err(StartError::Setup)?;
         let routes = RouteTable::build(&config, &metrics).map_err(StartError::Setup)?;
+        let session = crate::session::resolve::Resolver::start(&config.session, &metrics)
+            .await
+            .map_err(|e| StartError::Setup(e.to_string()))?;
         let dispatcher = Dispatcher::new(config.mirror.concurrency, config.mirror.queue);
         let session_cookie = config.session.cookie.clone();
         Ok(App {
@@ -86,6 +91,7 @@ impl App {
             metrics,
             dispatcher,
             session_cookie,
+            session,
             started: Instant::now(),
         })
     }
@@ -143,7 +149,7 @@ async fn wait_for_signal() {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_at = config.listen.proxy.get_ref().clone();
     let admin_at = config.listen.admin.get_ref().clone();
-    let app = Arc::new(App::new(config)?);
+    let app = Arc::new(App::new(config).await?);
     let proxy_listener = TcpListener::bind(&proxy_at)
         .await
         .map_err(|source| StartError::Bind {
@@ -345,7 +351,13 @@ pub async fn handle(
             if entry.percent() >= 100
                 || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
             {
-                serve_candidate(&app, &entry, parts, body, started).await
+                match resolve_session(&app, &parts, session.as_deref()).await {
+                    Ok(h) => serve_candidate(&app, &entry, parts, body, h, started).await,
+                    // Without the user's session the candidate would answer a logged-out page.
+                    Err(()) => {
+                        serve_plain(&app, &entry, mode, parts, body::boxed(body), started).await
+                    }
+                }
             } else {
                 serve_shadow(&app, &entry, parts, body, session, started).await
             }
@@ -484,6 +496,14 @@ async fn serve_shadow(
         }
         RequestBody::Buffered(b) => b,
     };
+    let session_header = match resolve_session(app, &parts, session.as_deref()).await {
+        Ok(h) => h,
+        Err(()) => {
+            // The store failed: serve as if cutover were not there, and skip the comparison.
+            entry.stats.outcome(crate::stats::Outcome::Skipped, None, None);
+            return serve_plain(app, entry, mode, parts, body::full(bytes), started).await;
+        }
+    };
     let Some(slot) = app.dispatcher.try_reserve() else {
         app.metrics.dropped(DropReason::QueueFull);
         return serve_plain(app, entry, mode, parts, body::full(bytes), started).await;
@@ -496,7 +516,7 @@ async fn serve_shadow(
         mirror::ShadowRequest {
             parts: parts.clone(),
             body: bytes.clone(),
-            session,
+            session_header,
         },
         head_rx,
     );
@@ -527,6 +547,18 @@ async fn serve_shadow(
     }
 }
 
+/// The session snapshot header for this request: Ok(None) without a session, Err(()) when the
+/// store failed (the caller then serves without the candidate's comparison).
+async fn resolve_session(app: &App, parts: &http::request::Parts, cookie: Option<&str>) -> Result<Option<HeaderValue>, ()> {
+    let Some(resolver) = &app.session else { return Ok(None) };
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match resolver.resolve(cookie, format!("{} {pq}", parts.method)).await {
+        crate::session::resolve::Resolution::None => Ok(None),
+        crate::session::resolve::Resolution::Header(h) => Ok(Some(h)),
+        crate::session::resolve::Resolution::Failed => Err(()),
+    }
+}
+
 /// Safe methods may be retried on the legacy app when the candidate cannot answer.
 fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -537,14 +569,18 @@ async fn serve_candidate(
     entry: &Arc<RouteEntry>,
     parts: http::request::Parts,
     body: Incoming,
+    session_header: Option<HeaderValue>,
     started: Instant,
 ) -> Response<ProxyBody> {
     let mode = Mode::Candidate;
     let retry_on_legacy = is_safe(&parts.method) && body.is_end_stream();
-    let req = match forward_request(&entry.candidate, &parts, body::boxed(body)) {
+    let mut req = match forward_request(&entry.candidate, &parts, body::boxed(body)) {
         Ok(r) => r,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n"),
     };
+    if let Some(h) = session_header {
+        req.headers_mut().insert(crate::session::header::HEADER, h);
+    }
     let result = tokio::time::timeout(entry.candidate_timeout, app.client.request(req)).await;
     let elapsed = started.elapsed();
     match result {

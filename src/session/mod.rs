@@ -1,8 +1,13 @@
 //! The PHP session, shared by both sides: the value codec ([`php`]), the stores PHP writes
-//! ([`files`]), and the cookie rules that say which session a request belongs to.
+//! ([`store`], [`files`]), the signed snapshot header and the handler library that reads it
+//! ([`header`]), the per-request resolution the proxy does ([`resolve`]), and the cookie rules
+//! that say which session a request belongs to.
 
 pub mod files;
+pub mod header;
 pub mod php;
+pub mod resolve;
+pub mod store;
 
 /// Validates a session id as PHP does: 1–256 characters of `[A-Za-z0-9,-]`, after URL-decoding.
 /// Anything else is no session (and can never become a path).
