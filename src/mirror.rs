@@ -104,6 +104,10 @@ async fn call_candidate(app: &App, entry: &RouteEntry, request: &ShadowRequest) 
     *req.headers_mut() = request.parts.headers.clone();
     req.headers_mut()
         .insert("x-cutover-shadow", HeaderValue::from_static("1"));
+    if let Some(h) = &request.session_header {
+        req.headers_mut()
+            .insert(crate::session::header::HEADER, h.clone());
+    }
     let started = Instant::now();
     let call = async {
         let resp = app

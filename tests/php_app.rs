@@ -4,42 +4,13 @@
 mod common;
 
 use common::*;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-/// A `php -S` server on a free loopback port, stopped on drop.
-struct PhpServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for PhpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn php_server(session_dir: &std::path::Path) -> PhpServer {
-    let php = require_tool("php", "apt-get install php-cli");
-    let addr = dead_addr();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy-php");
-    let child = Command::new(php)
-        .arg("-d")
-        .arg(format!("session.save_path={}", session_dir.display()))
-        .arg("-S")
-        .arg(addr.to_string())
-        .arg(root.join("router.php"))
-        .current_dir(&root)
-        .env("PHP_CLI_SERVER_WORKERS", "4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("php -S starts");
-    let server = PhpServer { child, addr };
-    wait_port(addr, Duration::from_secs(10)).await;
-    server
+async fn php(session_dir: &std::path::Path) -> Service {
+    php_server(
+        &[("session.save_path", session_dir.display().to_string())],
+        &[],
+    )
+    .await
 }
 
 fn comparable(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
@@ -64,8 +35,8 @@ fn comparable(r: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>) {
 #[tokio::test]
 async fn php_pages_come_back_byte_identical() {
     let sessions = tempdir("php-identical");
-    let legacy = php_server(&sessions).await;
-    let candidate = php_server(&sessions).await;
+    let legacy = php(&sessions).await;
+    let candidate = php(&sessions).await;
     let config = format!(
         "{}[[route]]\npattern = \"/login\"\nmirror_methods = [\"GET\"]\n",
         base_config(
@@ -114,8 +85,8 @@ async fn php_pages_come_back_byte_identical() {
 #[tokio::test]
 async fn php_sees_the_client_host_and_no_cutover_headers() {
     let sessions = tempdir("php-headers");
-    let legacy = php_server(&sessions).await;
-    let candidate = php_server(&sessions).await;
+    let legacy = php(&sessions).await;
+    let candidate = php(&sessions).await;
     let proxy = cutover(&base_config(
         &format!("http://{}", legacy.addr),
         &format!("http://{}", candidate.addr),
@@ -134,11 +105,4 @@ async fn php_sees_the_client_host_and_no_cutover_headers() {
     assert_eq!(v["post"]["a"], "1");
     assert_eq!(v["cutover_headers"], serde_json::json!([]));
     proxy.shutdown().await;
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cutover-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

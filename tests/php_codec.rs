@@ -19,17 +19,31 @@ struct Fixture {
 
 fn fixtures() -> HashMap<String, Fixture> {
     let php = common::require_tool("php", "apt-get install php-cli");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/php-values.php");
-    let out = std::process::Command::new(php).arg(script).output().expect("php runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.stderr.is_empty(), "php warned: {}", String::from_utf8_lossy(&out.stderr));
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/php-values.php");
+    let out = std::process::Command::new(php)
+        .arg(script)
+        .output()
+        .expect("php runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "php warned: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut map = HashMap::new();
     for line in String::from_utf8(out.stdout).expect("utf8").lines() {
         let row: serde_json::Value = serde_json::from_str(line).expect("json row");
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(row["b64"].as_str().expect("b64"))
             .expect("base64");
-        let json = row["json"].as_str().and_then(|j| serde_json::from_str(j).ok());
+        let json = row["json"]
+            .as_str()
+            .and_then(|j| serde_json::from_str(j).ok());
         map.insert(
             row["name"].as_str().expect("name").to_string(),
             Fixture {
@@ -52,7 +66,8 @@ fn every_php_fixture_round_trips_byte_identically() {
             php::serialize(&v)
         } else {
             let ser = Serializer::parse(&f.serializer).expect("serializer");
-            let s = php::decode_session(&f.bytes, ser, php::DEFAULT_MAX_BYTES).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let s = php::decode_session(&f.bytes, ser, php::DEFAULT_MAX_BYTES)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             s.encode().expect("encode")
         };
         assert_eq!(
@@ -76,22 +91,58 @@ fn value_json(bytes: &[u8]) -> serde_json::Value {
 fn json_form_agrees_with_php_json_encode() {
     let f = fixtures();
     // Plain values: PHP's json_encode makes the same lists and objects the contract does.
-    for name in ["null", "true", "false", "int", "int_min", "int_max", "floats", "utf8", "list", "map", "sparse", "numeric_keys", "nested"] {
+    for name in [
+        "null",
+        "true",
+        "false",
+        "int",
+        "int_min",
+        "int_max",
+        "floats",
+        "utf8",
+        "list",
+        "map",
+        "sparse",
+        "numeric_keys",
+        "nested",
+    ] {
         let fx = &f[name];
-        assert_eq!(value_json(&fx.bytes), fx.json.clone().expect("php json"), "{name}");
+        assert_eq!(
+            value_json(&fx.bytes),
+            fx.json.clone().expect("php json"),
+            "{name}"
+        );
     }
-    assert_eq!(value_json(&f["specials"].bytes), json!(["NAN", "INF", "-INF"]));
-    assert_eq!(value_json(&f["binary"].bytes), json!({"$bytes": base64::engine::general_purpose::STANDARD.encode(b"\x00\xff\xfe\"quoted\";|bar")}));
+    assert_eq!(
+        value_json(&f["specials"].bytes),
+        json!(["NAN", "INF", "-INF"])
+    );
+    assert_eq!(
+        value_json(&f["binary"].bytes),
+        json!({"$bytes": base64::engine::general_purpose::STANDARD.encode(b"\x00\xff\xfe\"quoted\";|bar")})
+    );
     assert_eq!(
         value_json(&f["object"].bytes),
         json!({"$class": "User", "$props": {"id": 7, "friend": null}, "$protected": {"role": "admin"}, "$private": {"User": {"secret": "s\u{0}cr\u{c3}\u{ab}t"}}})
     );
     let child = value_json(&f["child"].bytes);
-    assert_eq!(child["$private"], json!({"Child": {"secret": "child"}, "User": {"secret": "s\u{0}cr\u{c3}\u{ab}t"}}));
+    assert_eq!(
+        child["$private"],
+        json!({"Child": {"secret": "child"}, "User": {"secret": "s\u{0}cr\u{c3}\u{ab}t"}})
+    );
     assert_eq!(child["$props"]["extra"], json!([1.5, -0.0]));
-    assert_eq!(value_json(&f["enum"].bytes), json!({"$enum": "Suit", "case": "Hearts"}));
-    assert_eq!(value_json(&f["array_object"].bytes)["$class"], "ArrayObject");
-    assert_eq!(value_json(&f["stdclass"].bytes), json!({"$class": "stdClass", "$props": {"x": 1, "y": [true]}}));
+    assert_eq!(
+        value_json(&f["enum"].bytes),
+        json!({"$enum": "Suit", "case": "Hearts"})
+    );
+    assert_eq!(
+        value_json(&f["array_object"].bytes)["$class"],
+        "ArrayObject"
+    );
+    assert_eq!(
+        value_json(&f["stdclass"].bytes),
+        json!({"$class": "stdClass", "$props": {"x": 1, "y": [true]}})
+    );
     // References resolve to the same value, and a self-reference is tagged, not expanded.
     let refs = value_json(&f["refs"].bytes);
     assert_eq!(refs["a"], json!([1, 2]));
@@ -107,9 +158,18 @@ fn sessions_of_every_serializer_decode_the_same() {
     let mut forms = Vec::new();
     for name in ["session_php", "session_php_binary", "session_php_serialize"] {
         let fx = &f[name];
-        let s = php::decode_session(&fx.bytes, Serializer::parse(&fx.serializer).expect("ser"), php::DEFAULT_MAX_BYTES).expect(name);
+        let s = php::decode_session(
+            &fx.bytes,
+            Serializer::parse(&fx.serializer).expect("ser"),
+            php::DEFAULT_MAX_BYTES,
+        )
+        .expect(name);
         assert_eq!(s.get("user_id").and_then(Value::as_i64), Some(42), "{name}");
-        assert_eq!(s.get("name").and_then(Value::as_str), Some("Ad\u{e9} | pipe"), "{name}");
+        assert_eq!(
+            s.get("name").and_then(Value::as_str),
+            Some("Ad\u{e9} | pipe"),
+            "{name}"
+        );
         // ref_b is a PHP reference (R:) to ref_a; obj_b an object handle (r:) to obj_a.
         assert_eq!(s.get("ref_b"), s.get("ref_a"), "{name}");
         let j = s.to_json().expect("json");
@@ -133,8 +193,14 @@ fn sessions_of_every_serializer_decode_the_same() {
             _ => {}
         }
     }
-    assert_eq!(forms[0]["obj_a"]["$props"]["friend"], json!({"$recursion": 24}));
-    assert_eq!(forms[2]["obj_a"]["$props"]["friend"], json!({"$recursion": 25}));
+    assert_eq!(
+        forms[0]["obj_a"]["$props"]["friend"],
+        json!({"$recursion": 24})
+    );
+    assert_eq!(
+        forms[2]["obj_a"]["$props"]["friend"],
+        json!({"$recursion": 25})
+    );
     forms.iter_mut().for_each(without_slots);
     assert_eq!(forms[0], forms[1]);
     assert_eq!(forms[0], forms[2]);
@@ -152,8 +218,14 @@ fn cli_session_decode_prints_only_the_json() {
         .arg(&path)
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON document");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON document");
     assert_eq!(v["data"]["user_id"], 42);
     // From stdin, and a broken blob is an error on stderr with the byte offset.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -164,11 +236,20 @@ fn cli_session_decode_prints_only_the_json() {
         .spawn()
         .expect("spawn");
     use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(b"a|i:1;b|s:9:\"short\";").expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a|i:1;b|s:9:\"short\";")
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at byte 10"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at byte 10"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn arb_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -203,14 +284,27 @@ fn arb_value() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(Value::Int),
         any::<f64>().prop_map(Value::Float),
         arb_bytes().prop_map(Value::Str),
-        ("[A-Z][a-z]{0,6}", "[A-Z][a-z]{0,6}").prop_map(|(c, k)| Value::Enum { class: c.into_bytes(), case: k.into_bytes() }),
-        ("[A-Z][a-z]{0,6}", arb_bytes()).prop_map(|(c, d)| Value::Custom { class: c.into_bytes(), data: d }),
+        ("[A-Z][a-z]{0,6}", "[A-Z][a-z]{0,6}").prop_map(|(c, k)| Value::Enum {
+            class: c.into_bytes(),
+            case: k.into_bytes()
+        }),
+        ("[A-Z][a-z]{0,6}", arb_bytes()).prop_map(|(c, d)| Value::Custom {
+            class: c.into_bytes(),
+            data: d
+        }),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
-            proptest::collection::vec((arb_key(), inner.clone()), 0..6).prop_map(|e| Value::Array(dedup(e))),
-            ("[A-Z][a-z]{0,6}", proptest::collection::vec((arb_key(), inner), 0..4))
-                .prop_map(|(c, e)| Value::Object { class: c.into_bytes(), props: dedup(e) }),
+            proptest::collection::vec((arb_key(), inner.clone()), 0..6)
+                .prop_map(|e| Value::Array(dedup(e))),
+            (
+                "[A-Z][a-z]{0,6}",
+                proptest::collection::vec((arb_key(), inner), 0..4)
+            )
+                .prop_map(|(c, e)| Value::Object {
+                    class: c.into_bytes(),
+                    props: dedup(e)
+                }),
         ]
     })
 }

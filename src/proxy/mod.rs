@@ -500,7 +500,9 @@ async fn serve_shadow(
         Ok(h) => h,
         Err(()) => {
             // The store failed: serve as if cutover were not there, and skip the comparison.
-            entry.stats.outcome(crate::stats::Outcome::Skipped, None, None);
+            entry
+                .stats
+                .outcome(crate::stats::Outcome::Skipped, None, None);
             return serve_plain(app, entry, mode, parts, body::full(bytes), started).await;
         }
     };
@@ -549,10 +551,23 @@ async fn serve_shadow(
 
 /// The session snapshot header for this request: Ok(None) without a session, Err(()) when the
 /// store failed (the caller then serves without the candidate's comparison).
-async fn resolve_session(app: &App, parts: &http::request::Parts, cookie: Option<&str>) -> Result<Option<HeaderValue>, ()> {
-    let Some(resolver) = &app.session else { return Ok(None) };
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    match resolver.resolve(cookie, format!("{} {pq}", parts.method)).await {
+async fn resolve_session(
+    app: &App,
+    parts: &http::request::Parts,
+    cookie: Option<&str>,
+) -> Result<Option<HeaderValue>, ()> {
+    let Some(resolver) = &app.session else {
+        return Ok(None);
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match resolver
+        .resolve(cookie, format!("{} {pq}", parts.method))
+        .await
+    {
         crate::session::resolve::Resolution::None => Ok(None),
         crate::session::resolve::Resolution::Header(h) => Ok(Some(h)),
         crate::session::resolve::Resolution::Failed => Err(()),

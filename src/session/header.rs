@@ -60,12 +60,16 @@ pub fn key_id(secret: &[u8]) -> String {
 
 impl Keyring {
     pub fn single(secret: Vec<u8>) -> Keyring {
-        Keyring { keys: vec![(key_id(&secret), secret)] }
+        Keyring {
+            keys: vec![(key_id(&secret), secret)],
+        }
     }
 
     /// Several secrets; the first signs.
     pub fn new(secrets: Vec<Vec<u8>>) -> Keyring {
-        Keyring { keys: secrets.into_iter().map(|s| (key_id(&s), s)).collect() }
+        Keyring {
+            keys: secrets.into_iter().map(|s| (key_id(&s), s)).collect(),
+        }
     }
 
     fn signing(&self) -> Option<&(String, Vec<u8>)> {
@@ -73,7 +77,10 @@ impl Keyring {
     }
 
     fn find(&self, kid: &str) -> Option<&[u8]> {
-        self.keys.iter().find(|(k, _)| k == kid).map(|(_, s)| s.as_slice())
+        self.keys
+            .iter()
+            .find(|(k, _)| k == kid)
+            .map(|(_, s)| s.as_slice())
     }
 }
 
@@ -136,7 +143,11 @@ pub fn sign(s: &Snapshot, keys: &Keyring) -> Result<String, SignError> {
 }
 
 /// Like [`sign`], with the session's JSON form already made by the caller.
-pub fn sign_decoded(s: &Snapshot, data: serde_json::Value, keys: &Keyring) -> Result<String, SignError> {
+pub fn sign_decoded(
+    s: &Snapshot,
+    data: serde_json::Value,
+    keys: &Keyring,
+) -> Result<String, SignError> {
     let (kid, secret) = keys.signing().ok_or(SignError::NoKey)?;
     let payload = Payload {
         kid: kid.clone(),
@@ -170,7 +181,9 @@ pub enum HeaderError {
     BadSignature,
     #[error("x-cutover-session resolved {age} s ago, over the {max_age} s limit")]
     Expired { age: u64, max_age: u64 },
-    #[error("x-cutover-session belongs to `{expected}`, not to this request `{actual}` (a replay)")]
+    #[error(
+        "x-cutover-session belongs to `{expected}`, not to this request `{actual}` (a replay)"
+    )]
     Replayed { expected: String, actual: String },
 }
 
@@ -229,29 +242,42 @@ pub fn verify(
     let payload_bytes = URL_SAFE_NO_PAD
         .decode(body)
         .map_err(|e| HeaderError::Malformed(format!("payload is not base64url: {e}")))?;
-    let payload: Payload =
-        serde_json::from_slice(&payload_bytes).map_err(|e| HeaderError::Malformed(format!("payload: {e}")))?;
-    let secret = keys.find(&payload.kid).ok_or_else(|| HeaderError::UnknownKey(payload.kid.clone()))?;
-    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| HeaderError::BadSignature)?;
+    let payload: Payload = serde_json::from_slice(&payload_bytes)
+        .map_err(|e| HeaderError::Malformed(format!("payload: {e}")))?;
+    let secret = keys
+        .find(&payload.kid)
+        .ok_or_else(|| HeaderError::UnknownKey(payload.kid.clone()))?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| HeaderError::BadSignature)?;
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| HeaderError::BadSignature)?;
     mac.update(b"v1.");
     mac.update(body.as_bytes());
     // Constant time.
-    mac.verify_slice(&sig).map_err(|_| HeaderError::BadSignature)?;
+    mac.verify_slice(&sig)
+        .map_err(|_| HeaderError::BadSignature)?;
     let age = now.saturating_sub(payload.resolved_at);
     if age > max_age_secs {
-        return Err(HeaderError::Expired { age, max_age: max_age_secs });
+        return Err(HeaderError::Expired {
+            age,
+            max_age: max_age_secs,
+        });
     }
     let actual = format!("{method} {path_and_query}");
     if payload.req != actual {
-        return Err(HeaderError::Replayed { expected: payload.req, actual });
+        return Err(HeaderError::Replayed {
+            expected: payload.req,
+            actual,
+        });
     }
-    let serializer = Serializer::parse(&payload.serializer)
-        .ok_or_else(|| HeaderError::Malformed(format!("unknown serializer `{}`", payload.serializer)))?;
+    let serializer = Serializer::parse(&payload.serializer).ok_or_else(|| {
+        HeaderError::Malformed(format!("unknown serializer `{}`", payload.serializer))
+    })?;
     let raw = STANDARD
         .decode(&payload.raw)
         .map_err(|e| HeaderError::Malformed(format!("raw is not base64: {e}")))?;
-    let session = php::decode_session(&raw, serializer, php::DEFAULT_MAX_BYTES).unwrap_or_else(|_| php::Session::new(serializer));
+    let session = php::decode_session(&raw, serializer, php::DEFAULT_MAX_BYTES)
+        .unwrap_or_else(|_| php::Session::new(serializer));
     Ok(VerifiedSession {
         kid: payload.kid,
         name: payload.name,
@@ -311,21 +337,52 @@ mod tests {
         let other_h = sign(&other, &keys).expect("sign");
         let other_body = other_h.split('.').nth(1).expect("body");
         let forged = format!("v1.{other_body}.{sig}");
-        assert_eq!(verify(Some(&forged), &keys, 60, 1000, "GET", "/a?b=1").unwrap_err(), HeaderError::BadSignature);
+        assert_eq!(
+            verify(Some(&forged), &keys, 60, 1000, "GET", "/a?b=1").unwrap_err(),
+            HeaderError::BadSignature
+        );
         // Unsigned, or signed with another secret.
-        assert!(matches!(verify(Some(&format!("v1.{body}")), &keys, 60, 1000, "GET", "/a?b=1"), Err(HeaderError::Malformed(_))));
+        assert!(matches!(
+            verify(
+                Some(&format!("v1.{body}")),
+                &keys,
+                60,
+                1000,
+                "GET",
+                "/a?b=1"
+            ),
+            Err(HeaderError::Malformed(_))
+        ));
         let theirs = sign(&snap(), &Keyring::single(b"other".to_vec())).expect("sign");
-        assert!(matches!(verify(Some(&theirs), &keys, 60, 1000, "GET", "/a?b=1"), Err(HeaderError::UnknownKey(_))));
-        assert_eq!(verify(None, &keys, 60, 1000, "GET", "/a").unwrap_err(), HeaderError::Missing);
+        assert!(matches!(
+            verify(Some(&theirs), &keys, 60, 1000, "GET", "/a?b=1"),
+            Err(HeaderError::UnknownKey(_))
+        ));
+        assert_eq!(
+            verify(None, &keys, 60, 1000, "GET", "/a").unwrap_err(),
+            HeaderError::Missing
+        );
     }
 
     #[test]
     fn age_and_replay() {
         let keys = Keyring::single(b"k".to_vec());
         let h = sign(&snap(), &keys).expect("sign");
-        assert_eq!(verify(Some(&h), &keys, 60, 1061, "GET", "/a?b=1").unwrap_err(), HeaderError::Expired { age: 61, max_age: 60 });
-        assert!(matches!(verify(Some(&h), &keys, 60, 1001, "GET", "/a?b=2"), Err(HeaderError::Replayed { .. })));
-        assert!(matches!(verify(Some(&h), &keys, 60, 1001, "POST", "/a?b=1"), Err(HeaderError::Replayed { .. })));
+        assert_eq!(
+            verify(Some(&h), &keys, 60, 1061, "GET", "/a?b=1").unwrap_err(),
+            HeaderError::Expired {
+                age: 61,
+                max_age: 60
+            }
+        );
+        assert!(matches!(
+            verify(Some(&h), &keys, 60, 1001, "GET", "/a?b=2"),
+            Err(HeaderError::Replayed { .. })
+        ));
+        assert!(matches!(
+            verify(Some(&h), &keys, 60, 1001, "POST", "/a?b=1"),
+            Err(HeaderError::Replayed { .. })
+        ));
     }
 
     #[test]

@@ -49,16 +49,25 @@ pub struct SetupError(pub String);
 impl Resolver {
     /// Builds and connects the configured store (None for `store = "none"`). Connection
     /// problems are logged, not fatal: the proxy must serve even while the store is down.
-    pub async fn start(cfg: &SessionConfig, metrics: &crate::stats::Metrics) -> Result<Option<Resolver>, SetupError> {
+    pub async fn start(
+        cfg: &SessionConfig,
+        metrics: &crate::stats::Metrics,
+    ) -> Result<Option<Resolver>, SetupError> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let store = match cfg.store {
             StoreKind::None => return Ok(None),
             StoreKind::Files => {
-                let path = cfg.files.as_ref().map(|f| f.path.get_ref().clone()).unwrap_or_default();
+                let path = cfg
+                    .files
+                    .as_ref()
+                    .map(|f| f.path.get_ref().clone())
+                    .unwrap_or_default();
                 AnyStore::Files(FilesStore::new(&path, timeout).map_err(SetupError)?)
             }
             StoreKind::Dynamodb => {
-                let d = cfg.dynamodb.clone().ok_or_else(|| SetupError("store = \"dynamodb\" needs [session.dynamodb]".into()))?;
+                let d = cfg.dynamodb.clone().ok_or_else(|| {
+                    SetupError("store = \"dynamodb\" needs [session.dynamodb]".into())
+                })?;
                 let (store, problem) = DynamoStore::connect(&d, &cfg.cookie).await;
                 if let Some(p) = problem {
                     tracing::warn!(problem = %p, "session store not ready at start-up; requests will retry");
@@ -66,8 +75,12 @@ impl Resolver {
                 AnyStore::Dynamo(store)
             }
             StoreKind::Redis => {
-                let r = cfg.redis.clone().ok_or_else(|| SetupError("store = \"redis\" needs [session.redis]".into()))?;
-                let (store, problem) = RedisStore::connect(&r, timeout).await.map_err(SetupError)?;
+                let r = cfg
+                    .redis
+                    .clone()
+                    .ok_or_else(|| SetupError("store = \"redis\" needs [session.redis]".into()))?;
+                let (store, problem) =
+                    RedisStore::connect(&r, timeout).await.map_err(SetupError)?;
                 if let Some(p) = problem {
                     tracing::warn!(problem = %p, "session store not ready at start-up; requests will retry");
                 }
@@ -75,7 +88,10 @@ impl Resolver {
             }
         };
         let secret = std::env::var(&cfg.secret_env).map_err(|_| {
-            SetupError(format!("the session header needs a secret: set the environment variable {}", cfg.secret_env))
+            SetupError(format!(
+                "the session header needs a secret: set the environment variable {}",
+                cfg.secret_env
+            ))
         })?;
         if secret.is_empty() {
             return Err(SetupError(format!("{} is empty", cfg.secret_env)));
@@ -132,7 +148,8 @@ impl Resolver {
                 return Resolution::None;
             }
         };
-        let data = php::decode_session(&raw, self.serializer, php::DEFAULT_MAX_BYTES).and_then(|s| s.to_json());
+        let data = php::decode_session(&raw, self.serializer, php::DEFAULT_MAX_BYTES)
+            .and_then(|s| s.to_json());
         let data = match data {
             Ok(d) => {
                 self.outcomes.found.inc();

@@ -27,13 +27,22 @@ pub enum Lookup {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{store}: {message}")]
-    Failed { store: &'static str, message: String },
+    Failed {
+        store: &'static str,
+        message: String,
+    },
     #[error("{store}: no answer within {timeout:?}")]
-    Timeout { store: &'static str, timeout: Duration },
+    Timeout {
+        store: &'static str,
+        timeout: Duration,
+    },
 }
 
 fn failed(store: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Failed { store, message: e.to_string() }
+    StoreError::Failed {
+        store,
+        message: e.to_string(),
+    }
 }
 
 /// One interface over PHP's session stores. `id` is an already validated session id.
@@ -43,13 +52,21 @@ pub trait SessionStore: Send + Sync {
     /// Reads a session without taking PHP's lock.
     fn load(&self, id: &str) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
     /// Writes a session as PHP's handler does; `lifetime` is PHP's `session.gc_maxlifetime`.
-    fn save(&self, id: &str, data: &[u8], lifetime: Duration) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn save(
+        &self,
+        id: &str,
+        data: &[u8],
+        lifetime: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Deletes a session (`session_destroy()`).
     fn destroy(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// PHP's `files` handler.
@@ -62,14 +79,19 @@ pub struct FilesStore {
 
 impl FilesStore {
     pub fn new(save_path: &str, lock_wait: Duration) -> Result<FilesStore, String> {
-        Ok(FilesStore { save_path: SavePath::parse(save_path)?, lock_wait })
+        Ok(FilesStore {
+            save_path: SavePath::parse(save_path)?,
+            lock_wait,
+        })
     }
 
     fn path(&self, id: &str) -> Result<PathBuf, StoreError> {
         if super::valid_session_id(id).as_deref() != Some(id) {
             return Err(failed("files", "invalid session id"));
         }
-        self.save_path.file_for(id).ok_or_else(|| failed("files", "session id shorter than the save_path depth"))
+        self.save_path
+            .file_for(id)
+            .ok_or_else(|| failed("files", "session id shorter than the save_path depth"))
     }
 }
 
@@ -78,12 +100,19 @@ impl FilesStore {
 fn lock_within(file: &std::fs::File, exclusive: bool, wait: Duration) -> Result<(), StoreError> {
     let deadline = Instant::now() + wait;
     loop {
-        let attempt = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+        let attempt = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
         match attempt {
             Ok(()) => return Ok(()),
             Err(std::fs::TryLockError::WouldBlock) => {
                 if Instant::now() >= deadline {
-                    return Err(StoreError::Timeout { store: "files", timeout: wait });
+                    return Err(StoreError::Timeout {
+                        store: "files",
+                        timeout: wait,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -92,8 +121,12 @@ fn lock_within(file: &std::fs::File, exclusive: bool, wait: Duration) -> Result<
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| failed("files", e))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| failed("files", e))?
 }
 
 impl SessionStore for FilesStore {
@@ -109,12 +142,15 @@ impl SessionStore for FilesStore {
             blocking(move || {
                 let mut file = match std::fs::File::open(&path) {
                     Ok(f) => f,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Absent),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(Lookup::Absent)
+                    }
                     Err(e) => return Err(failed("files", format!("{}: {e}", path.display()))),
                 };
                 lock_within(&file, false, wait)?;
                 let mut data = Vec::new();
-                file.read_to_end(&mut data).map_err(|e| failed("files", e))?;
+                file.read_to_end(&mut data)
+                    .map_err(|e| failed("files", e))?;
                 // PHP creates the file when a session starts; an empty one is an empty session.
                 Ok(Lookup::Found(data))
             })
@@ -122,7 +158,12 @@ impl SessionStore for FilesStore {
         }
     }
 
-    fn save(&self, id: &str, data: &[u8], _lifetime: Duration) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn save(
+        &self,
+        id: &str,
+        data: &[u8],
+        _lifetime: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let path = self.path(id);
         let data = data.to_vec();
         let wait = self.lock_wait;
@@ -142,7 +183,8 @@ impl SessionStore for FilesStore {
                 // Readers take the shared lock, so they see the old or the new content, never half.
                 lock_within(&file, true, wait)?;
                 file.set_len(0).map_err(|e| failed("files", e))?;
-                file.seek(std::io::SeekFrom::Start(0)).map_err(|e| failed("files", e))?;
+                file.seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| failed("files", e))?;
                 file.write_all(&data).map_err(|e| failed("files", e))?;
                 file.flush().map_err(|e| failed("files", e))?;
                 Ok(())
@@ -199,7 +241,11 @@ impl DynamoStore {
     /// Builds the client and makes one call (DescribeTable) so credentials and a connection are
     /// ready before the first request; a failure is reported but the store is still returned.
     pub async fn connect(cfg: &SessionDynamo, session_name: &str) -> (DynamoStore, Option<String>) {
-        let sdk = aws_config(cfg.region.as_deref(), cfg.endpoint.as_ref().map(|e| e.get_ref().as_str())).await;
+        let sdk = aws_config(
+            cfg.region.as_deref(),
+            cfg.endpoint.as_ref().map(|e| e.get_ref().as_str()),
+        )
+        .await;
         let client = aws_sdk_dynamodb::Client::new(&sdk);
         let store = DynamoStore {
             client,
@@ -209,8 +255,19 @@ impl DynamoStore {
             session_name: session_name.to_string(),
             binary: false,
         };
-        let warm = store.client.describe_table().table_name(&store.table).send().await;
-        let problem = warm.err().map(|e| format!("dynamodb: DescribeTable {}: {}", store.table, aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+        let warm = store
+            .client
+            .describe_table()
+            .table_name(&store.table)
+            .send()
+            .await;
+        let problem = warm.err().map(|e| {
+            format!(
+                "dynamodb: DescribeTable {}: {}",
+                store.table,
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            )
+        });
         (store, problem)
     }
 
@@ -241,7 +298,9 @@ impl SessionStore for DynamoStore {
                 .send()
                 .await
                 .map_err(|e| failed("dynamodb", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-            let Some(item) = out.item else { return Ok(Lookup::Absent) };
+            let Some(item) = out.item else {
+                return Ok(Lookup::Absent);
+            };
             let expires = match item.get("expires") {
                 Some(AttributeValue::N(n)) => n.parse::<f64>().ok().map(|x| x as i64),
                 _ => None,
@@ -260,7 +319,12 @@ impl SessionStore for DynamoStore {
         }
     }
 
-    fn save(&self, id: &str, data: &[u8], lifetime: Duration) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn save(
+        &self,
+        id: &str,
+        data: &[u8],
+        lifetime: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         // As StandardSessionConnection::write: set `expires`, set `data` (removed when empty),
         // and remove `lock`.
         let expires = now_secs() + lifetime.as_secs() as i64;
@@ -283,7 +347,9 @@ impl SessionStore for DynamoStore {
                 match std::str::from_utf8(data) {
                     Ok(s) => AttributeValue::S(s.to_string()),
                     // S must be UTF-8; PHP strings need not be. Store those as B.
-                    Err(_) => AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(data.to_vec())),
+                    Err(_) => {
+                        AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(data.to_vec()))
+                    }
                 }
             };
             req = req
@@ -300,7 +366,11 @@ impl SessionStore for DynamoStore {
     }
 
     fn destroy(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let req = self.client.delete_item().table_name(&self.table).key(&self.hash_key, self.key(id));
+        let req = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(&self.hash_key, self.key(id));
         async move {
             req.send()
                 .await
@@ -320,24 +390,33 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
 impl RedisStore {
     /// Parses the URL and connects; a failed first connection is reported and retried on use.
-    pub async fn connect(cfg: &SessionRedis, timeout: Duration) -> Result<(RedisStore, Option<String>), String> {
-        let client = redis::Client::open(cfg.url.get_ref().as_str()).map_err(|e| format!("session.redis.url: {e}"))?;
+    pub async fn connect(
+        cfg: &SessionRedis,
+        timeout: Duration,
+    ) -> Result<(RedisStore, Option<String>), String> {
+        let client = redis::Client::open(cfg.url.get_ref().as_str())
+            .map_err(|e| format!("session.redis.url: {e}"))?;
         let store = RedisStore {
             client,
             conn: std::sync::Arc::new(tokio::sync::Mutex::new(None)),
             prefix: cfg.prefix.clone(),
         };
-        let problem = match tokio::time::timeout(timeout.max(Duration::from_secs(1)), store.connection()).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some("redis: no connection within the timeout".to_string()),
-        };
+        let problem =
+            match tokio::time::timeout(timeout.max(Duration::from_secs(1)), store.connection())
+                .await
+            {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("redis: no connection within the timeout".to_string()),
+            };
         Ok((store, problem))
     }
 
@@ -374,7 +453,8 @@ impl SessionStore for RedisStore {
         let key = self.key(id);
         async move {
             let mut c = self.connection().await?;
-            let got: Result<Option<Vec<u8>>, _> = redis::cmd("GET").arg(&key).query_async(&mut c).await;
+            let got: Result<Option<Vec<u8>>, _> =
+                redis::cmd("GET").arg(&key).query_async(&mut c).await;
             match got {
                 Ok(Some(v)) => Ok(Lookup::Found(v)),
                 Ok(None) => Ok(Lookup::Absent),
@@ -386,7 +466,12 @@ impl SessionStore for RedisStore {
         }
     }
 
-    fn save(&self, id: &str, data: &[u8], lifetime: Duration) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn save(
+        &self,
+        id: &str,
+        data: &[u8],
+        lifetime: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let key = self.key(id);
         let data = data.to_vec();
         async move {

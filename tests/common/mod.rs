@@ -409,3 +409,124 @@ pub async fn wait_port(addr: SocketAddr, within: Duration) {
     })
     .await;
 }
+
+/// A child process (a test service) stopped on drop.
+pub struct Service {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// `php -S` serving the fixture app on a free port, with extra `-d` settings and environment.
+pub async fn php_server(ini: &[(&str, String)], env: &[(&str, String)]) -> Service {
+    let php = require_tool("php", "apt-get install php-cli");
+    let addr = dead_addr();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy-php");
+    let mut cmd = std::process::Command::new(php);
+    for (k, v) in ini {
+        cmd.arg("-d").arg(format!("{k}={v}"));
+    }
+    cmd.arg("-S")
+        .arg(addr.to_string())
+        .arg(root.join("router.php"))
+        .current_dir(&root)
+        .env("PHP_CLI_SERVER_WORKERS", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("php -S starts");
+    let s = Service { child, addr };
+    wait_port(addr, Duration::from_secs(10)).await;
+    s
+}
+
+/// dynalite (npm) on a free port, tables created and deleted at once.
+pub async fn dynalite() -> Service {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let local = root.join("tests/node/node_modules/.bin/dynalite");
+    let bin = if local.is_file() {
+        local
+    } else {
+        require_tool("dynalite", "npm install --prefix tests/node (see .ci/run)")
+    };
+    let addr = dead_addr();
+    let child = std::process::Command::new(bin)
+        .args([
+            "--port",
+            &addr.port().to_string(),
+            "--host",
+            "127.0.0.1",
+            "--createTableMs",
+            "0",
+            "--deleteTableMs",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dynalite starts");
+    let s = Service { child, addr };
+    wait_port(addr, Duration::from_secs(15)).await;
+    s
+}
+
+/// redis-server on a free port, nothing persisted.
+pub async fn redis_server() -> Service {
+    let bin = require_tool("redis-server", "apt-get install redis-server");
+    let addr = dead_addr();
+    let child = std::process::Command::new(bin)
+        .args([
+            "--port",
+            &addr.port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let s = Service { child, addr };
+    wait_port(addr, Duration::from_secs(10)).await;
+    s
+}
+
+/// Environment every session test shares (set once per test binary, before use): the session
+/// secret and dummy AWS credentials for the local DynamoDB-compatible server.
+pub const SESSION_SECRET: &str = "test-secret-for-cutover";
+
+pub fn session_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("CUTOVER_SESSION_SECRET", SESSION_SECRET);
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    });
+}
+
+/// A fresh temporary folder.
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cutover-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
