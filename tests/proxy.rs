@@ -120,7 +120,7 @@ async fn large_streamed_body_with_flat_memory() {
         first_byte_at.get_or_insert_with(|| started.elapsed());
         total += n;
         reads += 1;
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             peak = peak.max(rss_bytes());
         }
     }
