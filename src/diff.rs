@@ -268,7 +268,8 @@ pub fn diff_json(
     }
 }
 
-/// Text compared line by line; each changed run is one difference at its first line.
+/// Text compared line by line, then word by word inside changed lines: each changed run is one
+/// difference at its first line, with only the words that differ as its values.
 pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
     let diff = TextDiff::from_lines(l, c);
     for op in diff.ops() {
@@ -277,24 +278,40 @@ pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
         }
         let (tag, old, new) = op.as_tag_tuple();
         let lines = |text: &str, r: std::ops::Range<usize>| -> String {
-            let v: Vec<&str> = text
-                .split_inclusive('\n')
+            text.split_inclusive('\n')
                 .skip(r.start)
                 .take(r.len())
-                .collect();
-            show(v.concat().as_bytes())
+                .collect::<Vec<&str>>()
+                .concat()
         };
-        let kind = match tag {
+        let (kind, lv, cv) = match tag {
             similar::DiffTag::Equal => continue,
-            similar::DiffTag::Delete => DiffKind::Missing,
-            similar::DiffTag::Insert => DiffKind::Extra,
-            similar::DiffTag::Replace => DiffKind::Changed,
+            similar::DiffTag::Delete => (DiffKind::Missing, Some(lines(l, old.clone())), None),
+            similar::DiffTag::Insert => (DiffKind::Extra, None, Some(lines(c, new.clone()))),
+            similar::DiffTag::Replace => {
+                let (a, b) = (lines(l, old.clone()), lines(c, new.clone()));
+                let words = TextDiff::from_words(a.as_str(), b.as_str());
+                let mut removed = String::new();
+                let mut added = String::new();
+                for change in words.iter_all_changes() {
+                    match change.tag() {
+                        similar::ChangeTag::Delete => removed.push_str(change.value()),
+                        similar::ChangeTag::Insert => added.push_str(change.value()),
+                        similar::ChangeTag::Equal => {}
+                    }
+                }
+                (
+                    DiffKind::Changed,
+                    Some(removed.trim().to_string()),
+                    Some(added.trim().to_string()),
+                )
+            }
         };
         out.push(Difference {
             path: format!("body:line {}", old.start + 1),
             kind,
-            legacy: (!old.is_empty()).then(|| lines(l, old.clone())),
-            candidate: (!new.is_empty()).then(|| lines(c, new.clone())),
+            legacy: lv.map(|v| show(v.as_bytes())),
+            candidate: cv.map(|v| show(v.as_bytes())),
         });
     }
 }
@@ -449,7 +466,17 @@ mod tests {
         );
         assert!(!equal);
         assert_eq!(out[0].path, "body:line 2");
-        assert_eq!(out[0].legacy.as_deref(), Some("b\n"));
+        assert_eq!(out[0].legacy.as_deref(), Some("b"));
+        out.clear();
+        diff_text(
+            "total: 10 items at 17:03\n",
+            "total: 11 items at 17:03\n",
+            &mut out,
+        );
+        assert_eq!(
+            (out[0].legacy.as_deref(), out[0].candidate.as_deref()),
+            (Some("10"), Some("11"))
+        );
         let u = unified(b"a\nb\nc\n", b"a\nB\nc\n");
         assert!(u.contains("-b\n+B\n"), "{u}");
     }

@@ -4,6 +4,8 @@
 //! (the built-in `rules/default.toml`, the defaults' list, the route's list) are compiled into
 //! one [`Rules`], which implements [`Comparator`]. Pure: no IO beyond reading the files.
 
+pub mod html;
+
 use crate::config::{toml_error, ConfigError};
 use crate::diff::{self, Captured, Comparator, DiffKind, Difference, FloatTolerance, Report};
 use regex::bytes::Regex;
@@ -13,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The built-in rules, compiled into the binary.
-pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +76,19 @@ struct TextReplace {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct HtmlRulesFile {
+    #[serde(default)]
+    strip_comments: Option<bool>,
+    #[serde(default)]
+    sort_attributes: Option<bool>,
+    #[serde(default)]
+    ignore_elements: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    ignore_attributes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RulesFile {
     #[serde(default)]
     headers: HeaderRules,
@@ -83,6 +98,8 @@ struct RulesFile {
     json: JsonRules,
     #[serde(default)]
     text: TextRules,
+    #[serde(default)]
+    html: HtmlRulesFile,
 }
 
 /// One parsed and checked rules file.
@@ -92,6 +109,7 @@ pub struct RuleSet {
     file: RulesFile,
     header_rewrites: Vec<(http::HeaderName, Regex, String)>,
     text_replaces: Vec<(Regex, Vec<u8>)>,
+    html_selectors: Vec<html::Selector>,
 }
 
 impl RuleSet {
@@ -155,6 +173,13 @@ impl RuleSet {
             })?;
             text_replaces.push((re, r.replace.clone().into_bytes()));
         }
+        let mut html_selectors = Vec::new();
+        for (i, sel) in file.html.ignore_elements.iter().enumerate() {
+            html_selectors.push(
+                html::Selector::parse(sel.get_ref())
+                    .map_err(|m| at(sel.span(), &format!("html.ignore_elements[{i}]"), m))?,
+            );
+        }
         for (key, list) in [
             ("json.ignore", &file.json.ignore),
             ("json.unordered", &file.json.unordered),
@@ -194,6 +219,7 @@ impl RuleSet {
             file,
             header_rewrites,
             text_replaces,
+            html_selectors,
         })
     }
 }
@@ -223,6 +249,7 @@ pub struct Rules {
     tolerance: FloatTolerance,
     text_replaces: Vec<(Regex, Vec<u8>)>,
     fold_whitespace: bool,
+    html: html::HtmlRules,
     pub sources: Vec<String>,
 }
 
@@ -262,6 +289,21 @@ impl Rules {
             if let Some(w) = f.text.fold_whitespace {
                 r.fold_whitespace = w;
             }
+            if let Some(c) = f.html.strip_comments {
+                r.html.strip_comments = c;
+            }
+            if let Some(a) = f.html.sort_attributes {
+                r.html.sort_attributes = a;
+            }
+            r.html
+                .ignore_elements
+                .extend(s.html_selectors.iter().cloned());
+            r.html.ignore_attributes.extend(
+                f.html
+                    .ignore_attributes
+                    .iter()
+                    .map(|a| a.to_ascii_lowercase()),
+            );
         }
         r
     }
@@ -326,14 +368,27 @@ impl Rules {
         out
     }
 
-    /// Text body normalization: regex replacements, then whitespace folding.
-    pub fn normalize_text(&self, body: &[u8]) -> Vec<u8> {
+    fn replaced<'b>(&self, body: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
         let mut v: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(body);
         for (re, rep) in &self.text_replaces {
             if let std::borrow::Cow::Owned(o) = re.replace_all(&v, rep.as_slice()) {
                 v = std::borrow::Cow::Owned(o);
             }
         }
+        v
+    }
+
+    /// HTML body normalization: text replacements, then the token stream.
+    pub fn html_tokens(&self, body: &[u8]) -> Vec<html::Token> {
+        let v = self.replaced(body);
+        let mut rules = self.html.clone();
+        rules.fold_whitespace = self.fold_whitespace;
+        html::tokens(&String::from_utf8_lossy(&v), &rules)
+    }
+
+    /// Text body normalization: regex replacements, then whitespace folding.
+    pub fn normalize_text(&self, body: &[u8]) -> Vec<u8> {
+        let v = self.replaced(body);
         if self.fold_whitespace {
             let mut out = Vec::with_capacity(v.len());
             let mut in_space = false;
@@ -361,6 +416,55 @@ impl Rules {
         for p in &self.json_unordered {
             sort_arrays_at(v, p);
         }
+    }
+}
+
+/// HTML by content type, or by a sniff of the first bytes when the type says nothing.
+pub fn looks_like_html(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    match headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(ct) => ct.to_ascii_lowercase().contains("html"),
+        None => {
+            let start: Vec<u8> = body
+                .iter()
+                .skip_while(|b| b.is_ascii_whitespace())
+                .take(15)
+                .map(u8::to_ascii_lowercase)
+                .collect();
+            start.starts_with(b"<!doctype html") || start.starts_with(b"<html")
+        }
+    }
+}
+
+/// Token streams compared with `similar`; each changed run is a difference at its element path.
+fn diff_html(a: &[html::Token], b: &[html::Token], out: &mut Vec<Difference>) {
+    let ta: Vec<&str> = a.iter().map(|t| t.text.as_str()).collect();
+    let tb: Vec<&str> = b.iter().map(|t| t.text.as_str()).collect();
+    let ops = similar::capture_diff_slices(similar::Algorithm::Myers, &ta, &tb);
+    for op in ops {
+        if out.len() >= diff::MAX_DIFFERENCES {
+            return;
+        }
+        let (tag, old, new) = op.as_tag_tuple();
+        let kind = match tag {
+            similar::DiffTag::Equal => continue,
+            similar::DiffTag::Delete => DiffKind::Missing,
+            similar::DiffTag::Insert => DiffKind::Extra,
+            similar::DiffTag::Replace => DiffKind::Changed,
+        };
+        let path = a
+            .get(old.start)
+            .or_else(|| b.get(new.start))
+            .map(|t| t.path.clone())
+            .unwrap_or_default();
+        out.push(Difference {
+            path: format!("body/{path}"),
+            kind,
+            legacy: (!old.is_empty()).then(|| ta[old.clone()].concat()),
+            candidate: (!new.is_empty()).then(|| tb[new.clone()].concat()),
+        });
     }
 }
 
@@ -478,7 +582,16 @@ impl Comparator for Rules {
             } else {
                 None
             };
-            if let Some((mut a, mut b)) = parsed {
+            let is_html = !is_json && looks_like_html(&legacy.headers, &legacy.body);
+            if is_html {
+                let a = self.html_tokens(&legacy.body);
+                let b = self.html_tokens(&candidate.body);
+                let (ra, rb) = (html::render(&a), html::render(&b));
+                if ra != rb {
+                    diff_html(&a, &b, &mut differences);
+                    unified = diff::unified(ra.as_bytes(), rb.as_bytes());
+                }
+            } else if let Some((mut a, mut b)) = parsed {
                 self.normalize_json(&mut a);
                 self.normalize_json(&mut b);
                 let before = differences.len();
@@ -598,6 +711,44 @@ mod tests {
         assert!(!plain
             .compare(&cap(200, &h, r#"["x","y"]"#), &cap(200, &h, r#"["y","x"]"#))
             .is_match());
+    }
+
+    #[test]
+    fn html_rules() {
+        let r = rules(
+            "[text]\nfold_whitespace=true\n[html]\nstrip_comments=true\nsort_attributes=true\nignore_elements=['input[name=_token]']\nignore_attributes=['nonce']\n",
+        );
+        let h = [("content-type", "text/html; charset=UTF-8")];
+        let a = cap(200, &h, "<html><body><!-- build 1 --><form><input type=hidden name=_token value=abc><p class=a id=x>Hi  there</p></form><script nonce=r1>1</script></body></html>");
+        let b = cap(200, &h, "<html><body><!-- build 2 --><form><input type=hidden name=_token value=def><p id=x class=a>Hi there</p></form><script nonce=r2>1</script></body></html>");
+        let rep = r.compare(&a, &b);
+        assert!(rep.is_match(), "{:?}", rep.differences);
+        // A missing element is reported at its element path.
+        let c = cap(
+            200,
+            &h,
+            "<html><body><form><p id=x class=a>Hi there</p></form></body></html>",
+        );
+        let d = cap(200, &h, "<html><body><form></form></body></html>");
+        let rep = r.compare(&c, &d);
+        assert_eq!(rep.differences.len(), 1, "{:?}", rep.differences);
+        assert_eq!(rep.differences[0].path, "body/html/body/form/p");
+        assert_eq!(rep.differences[0].kind, DiffKind::Missing);
+        assert!(
+            rep.unified.contains("-<p class=\"a\" id=\"x\">"),
+            "{}",
+            rep.unified
+        );
+        // Without the rules, the same pair differs.
+        assert!(!rules("").compare(&a, &b).is_match());
+    }
+
+    #[test]
+    fn html_is_sniffed_without_a_content_type() {
+        let r = rules("[html]\nsort_attributes=true\n");
+        let a = cap(200, &[], "<!DOCTYPE html><html><p a=1 b=2>x</p></html>");
+        let b = cap(200, &[], "<!DOCTYPE html><html><p b=2 a=1>x</p></html>");
+        assert!(r.compare(&a, &b).is_match());
     }
 
     #[test]
