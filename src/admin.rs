@@ -2,6 +2,7 @@
 //! format, `/healthz`, and the JSON API the CLI and the TUI read (`/api/routes`). It sees the
 //! proxy only through [`App`]'s tables and counters.
 
+use crate::control;
 use crate::gate::{self, Evidence, Thresholds};
 use crate::proxy::body::{full, ProxyBody};
 use crate::proxy::App;
@@ -77,11 +78,152 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             r
         }
         (&Method::GET, "/api/routes") => json(StatusCode::OK, &routes_view(app)),
-        (_, "/metrics" | "/healthz" | "/api/routes") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        (&Method::GET, "/api/events") => json(
+            StatusCode::OK,
+            &serde_json::json!({ "events": app.events.all() }),
+        ),
+        (&Method::GET, "/api/routes/mismatches") => {
+            if let Err(r) = authorized(app, &req) {
+                return r;
+            }
+            let q = query(&req);
+            let Some(route) = q.get("route") else {
+                return error(StatusCode::BAD_REQUEST, "route= is required");
+            };
+            match app.routes.by_label(route) {
+                Some(e) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "route": route, "samples": e.evidence().samples.latest() }),
+                ),
+                None => error(StatusCode::NOT_FOUND, &format!("no route {route}")),
+            }
         }
+        (
+            &Method::POST,
+            path @ ("/api/routes/promote"
+            | "/api/routes/rollback"
+            | "/api/routes/reset"
+            | "/api/reload"),
+        ) => {
+            if let Err(r) = authorized(app, &req) {
+                return r;
+            }
+            let q = query(&req);
+            let route = q.get("route").cloned().unwrap_or_default();
+            if path != "/api/reload" && route.is_empty() {
+                return error(StatusCode::BAD_REQUEST, "route= is required");
+            }
+            let result = match path {
+                "/api/routes/promote" => {
+                    let percent = match q.get("percent").map(|p| p.parse::<u8>()) {
+                        None => 100,
+                        Some(Ok(p)) => p,
+                        Some(Err(_)) => {
+                            return error(StatusCode::BAD_REQUEST, "percent must be 1..100")
+                        }
+                    };
+                    let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
+                    let reason = q.get("reason").cloned().unwrap_or_default();
+                    // A fleet-wide verdict judged by `cutover promote` with several proxies.
+                    let judged = q
+                        .get("verdict")
+                        .and_then(|v| serde_json::from_str::<gate::Verdict>(v).ok());
+                    control::promote(app, &route, percent, force, &reason, judged).await
+                }
+                "/api/routes/rollback" => {
+                    let reason = q.get("reason").cloned().unwrap_or_default();
+                    control::rollback(app, &route, &reason, false).await
+                }
+                "/api/routes/reset" => control::reset(app, &route),
+                _ => {
+                    return match control::reload(app) {
+                        Ok(ev) => json(StatusCode::OK, &ev),
+                        Err(why) => error(StatusCode::BAD_REQUEST, &why),
+                    }
+                }
+            };
+            match result {
+                Ok(ev) => json(StatusCode::OK, &ev),
+                Err(control::ControlError::NoSuchRoute(r)) => {
+                    error(StatusCode::NOT_FOUND, &format!("no route {r}"))
+                }
+                Err(control::ControlError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, &m),
+                Err(control::ControlError::State(m)) => error(StatusCode::CONFLICT, &m),
+                Err(control::ControlError::GateClosed(v)) => json(
+                    StatusCode::CONFLICT,
+                    &serde_json::json!({ "error": format!("the gate is closed: {}", v.reason), "verdict": v }),
+                ),
+            }
+        }
+        (
+            _,
+            "/metrics"
+            | "/healthz"
+            | "/api/routes"
+            | "/api/events"
+            | "/api/routes/mismatches"
+            | "/api/routes/promote"
+            | "/api/routes/rollback"
+            | "/api/routes/reset"
+            | "/api/reload",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
+}
+
+/// The query string as a map (form-urlencoded: `+` is a space).
+fn query(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// Constant-time equality, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks `Authorization: Bearer <token>`; Err is the 401 to send.
+fn authorized(app: &App, req: &Request<Incoming>) -> Result<(), Response<ProxyBody>> {
+    let Some(token) = app.admin_token() else {
+        return Err(unauthorized(&format!(
+            "no admin token is configured: set {} for the proxy",
+            app.config.admin.token_env
+        )));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if same(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("wrong bearer token")),
+        None => Err(unauthorized("Authorization: Bearer <token> is required")),
+    }
+}
+
+fn unauthorized(why: &str) -> Response<ProxyBody> {
+    let mut r = error(StatusCode::UNAUTHORIZED, why);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 pub fn thresholds(app: &App) -> Thresholds {
@@ -145,7 +287,10 @@ pub struct RouteView {
     pub legacy_p99_ms: Option<f64>,
     pub candidate_p50_ms: Option<f64>,
     pub candidate_p99_ms: Option<f64>,
-    pub noise: Vec<serde_json::Value>,
+    pub noise: Vec<crate::noise::NoiseKey>,
+    /// The state-store version of this route (0: never promoted or rolled back).
+    pub state_version: u64,
+    pub sparkline: Vec<Option<f64>>,
 }
 
 #[derive(Serialize)]
@@ -157,6 +302,10 @@ pub struct RoutesView {
 
 pub fn routes_view(app: &App) -> RoutesView {
     let t = thresholds(app);
+    let noise_t = crate::noise::Thresholds {
+        relative: app.config.noise.relative_threshold,
+        absolute: app.config.noise.absolute_threshold,
+    };
     let mut routes = Vec::new();
     for e in app.routes.all() {
         let c = e.stats.window_sum();
@@ -186,11 +335,13 @@ pub fn routes_view(app: &App) -> RoutesView {
             legacy_p99_ms: Counts::quantile_ms(&c.legacy_lat, 0.99),
             candidate_p50_ms: Counts::quantile_ms(&c.candidate_lat, 0.5),
             candidate_p99_ms: Counts::quantile_ms(&c.candidate_lat, 0.99),
-            noise: Vec::new(),
+            noise: e.evidence().noise.noise_keys(&noise_t),
+            state_version: app.state_version_of(&e.label),
+            sparkline: e.stats.rate_series(30),
         });
     }
     RoutesView {
-        state_version: 0,
+        state_version: app.state_version(),
         uptime_secs: app.started.elapsed().as_secs(),
         routes,
     }

@@ -343,6 +343,19 @@ pub struct Samples {
     pub redact_headers: Vec<String>,
     #[serde(default)]
     pub jsonl_path: String,
+    /// Addition: the JSONL file is rotated to `<path>.1` past this size.
+    #[serde(default = "default_jsonl_max")]
+    pub jsonl_max_bytes: u64,
+    /// Addition: JSON pointers (with `*`) whose values are redacted in samples.
+    #[serde(default)]
+    pub redact_pointers: Vec<String>,
+    /// Addition: regexes whose matches are redacted in samples.
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+}
+
+fn default_jsonl_max() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_per_route() -> usize {
@@ -358,6 +371,9 @@ impl Default for Samples {
             per_route: default_per_route(),
             redact_headers: default_redact_headers(),
             jsonl_path: String::new(),
+            jsonl_max_bytes: default_jsonl_max(),
+            redact_pointers: Vec::new(),
+            redact_patterns: Vec::new(),
         }
     }
 }
@@ -511,6 +527,9 @@ pub struct Config {
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub source_name: String,
+    /// The file it was loaded from (None when made from a string): what reload re-reads.
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 /// A validated `http://` or `https://` upstream.
@@ -576,7 +595,9 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        Config::from_str_at(&text, &name, &base)
+        let mut c = Config::from_str_at(&text, &name, &base)?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Parses and validates config text; `name` is used in errors, `base_dir` resolves paths.
@@ -749,6 +770,13 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if let Err(m) = crate::samples::Redactor::new(
+            &self.samples.redact_headers,
+            &self.samples.redact_pointers,
+            &self.samples.redact_patterns,
+        ) {
+            return self.err(text, 0..0, "samples.redact_patterns", m);
         }
         if let Some(f) = &self.session.files {
             if crate::session::files::SavePath::parse(f.path.get_ref()).is_err() {

@@ -5,7 +5,7 @@
 //! The statistic is the one-sided Wilson score upper bound of the mismatch rate. Candidate
 //! errors count as mismatches: a route whose candidate times out is not a route that matches.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What the verdict needs to know about the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +24,7 @@ pub struct Evidence {
     pub failures: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     pub passing: bool,
     pub reason: String,

@@ -11,11 +11,15 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod diff;
 pub mod gate;
 pub mod mirror;
+pub mod noise;
 pub mod normalize;
 pub mod proxy;
 pub mod route;
+pub mod samples;
 pub mod session;
+pub mod state;
 pub mod stats;

@@ -87,14 +87,35 @@ pub fn spawn_exchange(
     });
 }
 
-async fn call_candidate(app: &App, entry: &RouteEntry, request: &ShadowRequest) -> CandidateResult {
+/// Which upstream an exchange call goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The candidate: `x-cutover-shadow: 1` and the session snapshot.
+    Candidate,
+    /// The second legacy instance: the client's request as PHP got it.
+    Twin,
+}
+
+async fn call_upstream(
+    app: &App,
+    entry: &RouteEntry,
+    request: &ShadowRequest,
+    target: Target,
+) -> CandidateResult {
     let pq = request
         .parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let uri = match entry.candidate.join(pq) {
+    let url = match target {
+        Target::Candidate => entry.candidate.as_ref(),
+        Target::Twin => match &app.twin {
+            Some(t) => t,
+            None => return CandidateResult::Failed("no twin".into()),
+        },
+    };
+    let uri = match url.join(pq) {
         Ok(u) => u,
         Err(e) => return CandidateResult::Failed(e.to_string()),
     };
@@ -102,11 +123,13 @@ async fn call_candidate(app: &App, entry: &RouteEntry, request: &ShadowRequest) 
     *req.method_mut() = request.parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = request.parts.headers.clone();
-    req.headers_mut()
-        .insert("x-cutover-shadow", HeaderValue::from_static("1"));
-    if let Some(h) = &request.session_header {
+    if target == Target::Candidate {
         req.headers_mut()
-            .insert(crate::session::header::HEADER, h.clone());
+            .insert("x-cutover-shadow", HeaderValue::from_static("1"));
+        if let Some(h) = &request.session_header {
+            req.headers_mut()
+                .insert(crate::session::header::HEADER, h.clone());
+        }
     }
     let started = Instant::now();
     let call = async {
@@ -129,7 +152,7 @@ async fn call_candidate(app: &App, entry: &RouteEntry, request: &ShadowRequest) 
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Ok(CandidateResult::BodyTooLarge(parts.status, elapsed))
             }
-            Err(e) => Err(format!("candidate body: {e}")),
+            Err(e) => Err(format!("body: {e}")),
         }
     };
     match tokio::time::timeout(entry.candidate_timeout, call).await {
@@ -139,7 +162,6 @@ async fn call_candidate(app: &App, entry: &RouteEntry, request: &ShadowRequest) 
     }
 }
 
-/// The legacy side as the comparison needs it, or why it cannot be compared.
 async fn legacy_capture(
     head: oneshot::Receiver<LegacyHead>,
 ) -> Result<(Captured, Duration), &'static str> {
@@ -162,6 +184,14 @@ async fn legacy_capture(
     }
 }
 
+/// Safe methods are the only ones sent to the twin: it is a live copy of the legacy app.
+fn is_safe(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
 async fn exchange(
     app: &App,
     entry: &Arc<RouteEntry>,
@@ -172,8 +202,19 @@ async fn exchange(
         Ok(p) => p,
         Err(_) => return,
     };
-    let (candidate, legacy) =
-        tokio::join!(call_candidate(app, entry, &request), legacy_capture(head));
+    let use_twin = app.twin.is_some() && is_safe(&request.parts.method);
+    let twin_call = async {
+        if use_twin {
+            Some(call_upstream(app, entry, &request, Target::Twin).await)
+        } else {
+            None
+        }
+    };
+    let (candidate, legacy, twin) = tokio::join!(
+        call_upstream(app, entry, &request, Target::Candidate),
+        legacy_capture(head),
+        twin_call
+    );
     let parts = &request.parts;
     let (legacy, legacy_time) = match legacy {
         Ok(l) => l,
@@ -193,6 +234,9 @@ async fn exchange(
             return;
         }
     };
+    if let Some(CandidateResult::Answered(_, t)) = &twin {
+        entry.stats.twin_duration.observe(t.as_secs_f64());
+    }
     let (candidate, candidate_time) = match candidate {
         CandidateResult::Answered(c, t) => (c, t),
         CandidateResult::BodyTooLarge(status, t) => {
@@ -208,12 +252,13 @@ async fn exchange(
             finish(
                 app,
                 entry,
-                parts,
+                &request,
                 &legacy,
                 legacy_time,
-                Some(status.as_u16()),
-                Some(t),
+                status.as_u16(),
+                t,
                 report,
+                None,
             );
             return;
         }
@@ -260,29 +305,37 @@ async fn exchange(
         .stats
         .candidate_duration
         .observe(candidate_time.as_secs_f64());
+    let twin = match twin {
+        Some(CandidateResult::Answered(t, _)) => Some(t),
+        _ => None,
+    };
     let cap = entry.max_body_bytes;
     let rules = entry.rules();
     let large = legacy.body.len() + candidate.body.len() > INLINE_COMPARE_BYTES;
-    let compare = move |legacy: Captured, candidate: Captured| {
+    let compare = move |legacy: Captured, candidate: Captured, twin: Option<Captured>| {
         let l = decoded(legacy, cap);
-        let c = decoded(candidate, cap);
-        let report = match (&l, &c) {
-            (Ok(l), Ok(c)) => rules.compare(l, c),
-            (Err(e), _) | (_, Err(e)) => Report {
-                differences: vec![Difference {
-                    path: "body".into(),
-                    kind: DiffKind::Changed,
-                    legacy: None,
-                    candidate: Some(e.clone()),
-                }],
-                unified: String::new(),
-            },
+        let report_of = |l: &Result<Captured, String>, other: Captured| {
+            let c = decoded(other, cap);
+            match (l, &c) {
+                (Ok(l), Ok(c)) => rules.compare(l, c),
+                (Err(e), _) | (_, Err(e)) => Report {
+                    differences: vec![Difference {
+                        path: "body".into(),
+                        kind: DiffKind::Changed,
+                        legacy: None,
+                        candidate: Some(e.clone()),
+                    }],
+                    unified: String::new(),
+                },
+            }
         };
-        (l.ok(), report)
+        let report = report_of(&l, candidate);
+        let twin_report = twin.map(|t| report_of(&l, t));
+        (l.ok(), report, twin_report)
     };
     let candidate_status = candidate.status;
-    let (legacy_decoded, report) = if large {
-        match tokio::task::spawn_blocking(move || compare(legacy, candidate)).await {
+    let (legacy_decoded, report, twin_report) = if large {
+        match tokio::task::spawn_blocking(move || compare(legacy, candidate, twin)).await {
             Ok(r) => r,
             Err(_) => {
                 entry.stats.outcome(Outcome::Skipped, None, None);
@@ -290,7 +343,7 @@ async fn exchange(
             }
         }
     } else {
-        compare(legacy, candidate)
+        compare(legacy, candidate, twin)
     };
     let Some(legacy) = legacy_decoded else {
         entry.stats.outcome(Outcome::Skipped, None, None);
@@ -299,36 +352,103 @@ async fn exchange(
     finish(
         app,
         entry,
-        parts,
+        &request,
         &legacy,
         legacy_time,
-        Some(candidate_status),
-        Some(candidate_time),
+        candidate_status,
+        candidate_time,
         report,
+        twin_report,
     );
+}
+
+/// The session id and raw cookie of a request, to be redacted from samples.
+fn secrets_of(app: &App, headers: &http::HeaderMap) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        if let Some(raw) = crate::session::cookie_value(v, &app.session_cookie) {
+            out.push(raw.to_string());
+            if let Some(id) = crate::session::valid_session_id(raw) {
+                out.push(id);
+            }
+        }
+    }
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish(
     app: &App,
     entry: &RouteEntry,
-    parts: &http::request::Parts,
+    request: &ShadowRequest,
     legacy: &Captured,
     legacy_time: Duration,
-    candidate_status: Option<u16>,
-    candidate_time: Option<Duration>,
+    candidate_status: u16,
+    candidate_time: Duration,
     report: Report,
+    twin_report: Option<Report>,
 ) {
-    let outcome = if report.is_match() {
+    let parts = &request.parts;
+    let thresholds = crate::noise::Thresholds {
+        relative: app.config.noise.relative_threshold,
+        absolute: app.config.noise.absolute_threshold,
+    };
+    let mut evidence = entry.evidence();
+    let real: Vec<Difference> = if app.twin.is_some() {
+        evidence.noise.record(
+            &report.differences,
+            twin_report.as_ref().map(|r| r.differences.as_slice()),
+        );
+        evidence
+            .noise
+            .real(&report.differences, &thresholds)
+            .into_iter()
+            .cloned()
+            .collect()
+    } else {
+        report.differences.clone()
+    };
+    let outcome = if real.is_empty() {
         Outcome::Match
     } else {
         Outcome::Mismatch
     };
+    if !real.is_empty() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let secrets = secrets_of(app, &parts.headers);
+        let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let sample = app.redactor.sample(
+            &entry.label,
+            &format!("{} {pq}", parts.method),
+            &parts.headers,
+            legacy.status,
+            candidate_status,
+            &real,
+            &report.unified,
+            &secret_refs,
+            crate::stats::now_secs(),
+        );
+        if let Some(sink) = &app.samples_sink {
+            if !sink.send(sample.clone()) {
+                tracing::debug!("samples file is behind; a sample was not written");
+            }
+        }
+        evidence.samples.push(sample, app.config.samples.per_route);
+    }
+    drop(evidence);
     entry
         .stats
-        .outcome(outcome, Some(legacy_time), candidate_time);
-    if !report.is_match() {
-        count_differences(app, entry, &report.differences);
+        .outcome(outcome, Some(legacy_time), Some(candidate_time));
+    if !real.is_empty() {
+        count_differences(app, entry, &real);
     }
     access_log(
         entry,
@@ -337,8 +457,8 @@ fn finish(
         parts,
         Some(legacy.status),
         Some(legacy_time),
-        candidate_status,
-        candidate_time,
+        Some(candidate_status),
+        Some(candidate_time),
         outcome.as_str(),
     );
 }

@@ -101,6 +101,10 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Addition: mirrors in flight or queued now.
     pub shadow_in_flight: prometheus::IntGauge,
+    /// Addition: routes sent back to shadow by auto-rollback.
+    pub auto_rollbacks: IntCounter,
+    /// Addition: promoted requests answered by the legacy app because the candidate failed.
+    pub candidate_fallbacks: IntCounter,
     dropped: [IntCounter; 5],
 }
 
@@ -179,6 +183,14 @@ impl Metrics {
             ),
             &["route", "upstream"],
         )?;
+        let auto_rollbacks = IntCounter::new(
+            "cutover_auto_rollbacks_total",
+            "Routes sent back to shadow by auto-rollback.",
+        )?;
+        let candidate_fallbacks = IntCounter::new(
+            "cutover_candidate_fallbacks_total",
+            "Promoted requests answered by the legacy app because the candidate could not answer.",
+        )?;
         let shadow_in_flight = prometheus::IntGauge::new(
             "cutover_shadow_in_flight",
             "Mirrors running or queued now.",
@@ -195,6 +207,8 @@ impl Metrics {
             Box::new(differences.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(shadow_in_flight.clone()),
+            Box::new(auto_rollbacks.clone()),
+            Box::new(candidate_fallbacks.clone()),
         ] {
             registry.register(c)?;
         }
@@ -212,6 +226,8 @@ impl Metrics {
             differences,
             upstream_errors,
             shadow_in_flight,
+            auto_rollbacks,
+            candidate_fallbacks,
             dropped,
         })
     }

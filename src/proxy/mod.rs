@@ -41,6 +41,18 @@ pub struct App {
     pub metrics: Metrics,
     pub dispatcher: Dispatcher,
     pub session_cookie: String,
+    /// Redaction applied to every stored mismatch sample.
+    pub redactor: crate::samples::Redactor,
+    /// The optional JSONL file of samples.
+    pub samples_sink: Option<crate::samples::JsonlSink>,
+    /// Promotions, rollbacks, reloads: `GET /api/events`.
+    pub events: crate::control::Events,
+    /// The config file, for reload.
+    pub config_path: Option<std::path::PathBuf>,
+    admin_token: std::sync::RwLock<Option<String>>,
+    /// The fleet's shared route modes (None without `[state]`).
+    pub state: Option<crate::state::Store>,
+    state_versions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// The session store and header signer (None with `store = "none"`).
     pub session: Option<crate::session::resolve::Resolver>,
     pub started: Instant,
@@ -77,6 +89,33 @@ impl App {
         let pool = config.mirror.concurrency.max(64);
         let client = upstream::client(ca.as_deref(), pool).map_err(StartError::Setup)?;
         let routes = RouteTable::build(&config, &metrics).map_err(StartError::Setup)?;
+        let s = &config.samples;
+        let redactor = crate::samples::Redactor::new(
+            &s.redact_headers,
+            &s.redact_pointers,
+            &s.redact_patterns,
+        )
+        .map_err(StartError::Setup)?;
+        let samples_sink = if s.jsonl_path.is_empty() {
+            None
+        } else {
+            Some(
+                crate::samples::JsonlSink::start(config.resolve(&s.jsonl_path), s.jsonl_max_bytes)
+                    .map_err(|e| StartError::Setup(format!("samples.jsonl_path: {e}")))?,
+            )
+        };
+        let state = match &config.state {
+            Some(s) => Some(
+                crate::state::Store::open(s, &config.base_dir)
+                    .await
+                    .map_err(|e| StartError::Setup(format!("state: {e}")))?,
+            ),
+            None => None,
+        };
+        let admin_token = std::env::var(&config.admin.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let config_path = config.path.clone();
         let session = crate::session::resolve::Resolver::start(&config.session, &metrics)
             .await
             .map_err(|e| StartError::Setup(e.to_string()))?;
@@ -91,9 +130,55 @@ impl App {
             metrics,
             dispatcher,
             session_cookie,
+            redactor,
+            samples_sink,
+            events: crate::control::Events::default(),
+            config_path,
+            admin_token: std::sync::RwLock::new(admin_token),
+            state,
+            state_versions: std::sync::Mutex::new(std::collections::HashMap::new()),
             session,
             started: Instant::now(),
         })
+    }
+}
+
+impl App {
+    /// The bearer token POSTs and samples need (None: they are refused).
+    pub fn admin_token(&self) -> Option<String> {
+        match self.admin_token.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn set_admin_token(&self, token: Option<String>) {
+        let token = token.filter(|t| !t.is_empty());
+        match self.admin_token.write() {
+            Ok(mut t) => *t = token,
+            Err(p) => *p.into_inner() = token,
+        }
+    }
+
+    fn versions(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        match self.state_versions.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The state-store version of a route this proxy has applied (0: none).
+    pub fn state_version_of(&self, route: &str) -> u64 {
+        self.versions().get(route).copied().unwrap_or(0)
+    }
+
+    pub fn set_state_version(&self, route: &str, v: u64) {
+        self.versions().insert(route.to_string(), v);
+    }
+
+    /// The sum of every route's state version: changes whenever any route's stored mode does.
+    pub fn state_version(&self) -> u64 {
+        self.versions().values().sum()
     }
 }
 
@@ -170,11 +255,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| StartError::Setup(e.to_string()))?;
+    // Pick up the fleet's current modes before the first request.
+    if let Err(e) = crate::state::poll_once(&app).await {
+        tracing::warn!(error = %e, "state store not readable at start-up; starting from the config's modes");
+    }
     let (tx, rx) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(serve_proxy(app.clone(), proxy_listener, rx.clone())),
-        tokio::spawn(crate::admin::serve(app.clone(), admin_listener, rx)),
+        tokio::spawn(crate::admin::serve(app.clone(), admin_listener, rx.clone())),
     ];
+    if let Some(s) = &app.config.state {
+        let every = Duration::from_millis(s.poll_ms.max(50));
+        tasks.push(tokio::spawn(crate::state::poll_loop(
+            app.clone(),
+            every,
+            rx.clone(),
+        )));
+    }
     info!(%proxy_addr, %admin_addr, "cutover listening");
     Ok(Running {
         proxy_addr,

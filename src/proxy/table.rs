@@ -30,6 +30,14 @@ pub struct RouteEntry {
     pub stats: RouteStats,
     /// Difference fields already seen, to cap `cutover_differences_total` cardinality.
     pub diff_fields: Mutex<HashSet<String>>,
+    evidence: Mutex<Evidence>,
+}
+
+/// What the comparisons of a route have taught: its noise keys and its latest mismatches.
+#[derive(Default)]
+pub struct Evidence {
+    pub noise: crate::noise::NoiseModel,
+    pub samples: crate::samples::SampleRing,
 }
 
 impl RouteEntry {
@@ -54,6 +62,13 @@ impl RouteEntry {
         match self.rules.read() {
             Ok(r) => r.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn evidence(&self) -> std::sync::MutexGuard<'_, Evidence> {
+        match self.evidence.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
 
@@ -166,6 +181,7 @@ impl RouteTable {
                 rules: RwLock::new(rules),
                 stats: RouteStats::new(r.pattern.get_ref(), metrics, window_secs),
                 diff_fields: Mutex::new(HashSet::new()),
+                evidence: Mutex::new(Evidence::default()),
             };
             configured.push(Arc::new(entry));
         }
@@ -275,6 +291,7 @@ impl AutoDefaults {
             rules: RwLock::new(self.rules.clone()),
             stats: RouteStats::new(label, metrics, self.window_secs),
             diff_fields: Mutex::new(HashSet::new()),
+            evidence: Mutex::new(Evidence::default()),
         }
     }
 }
