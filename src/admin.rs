@@ -83,7 +83,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             &serde_json::json!({ "events": app.events.all() }),
         ),
         (&Method::GET, "/api/routes/mismatches") => {
-            if let Err(r) = authorized(app, &req) {
+            if let Some(r) = refused(app, &req) {
                 return r;
             }
             let q = query(&req);
@@ -105,7 +105,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             | "/api/routes/reset"
             | "/api/reload"),
         ) => {
-            if let Err(r) = authorized(app, &req) {
+            if let Some(r) = refused(app, &req) {
                 return r;
             }
             let q = query(&req);
@@ -198,10 +198,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks `Authorization: Bearer <token>`; Err is the 401 to send.
-fn authorized(app: &App, req: &Request<Incoming>) -> Result<(), Response<ProxyBody>> {
+/// Checks `Authorization: Bearer <token>`; Some is the 401 to send.
+fn refused(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     let Some(token) = app.admin_token() else {
-        return Err(unauthorized(&format!(
+        return Some(unauthorized(&format!(
             "no admin token is configured: set {} for the proxy",
             app.config.admin.token_env
         )));
@@ -213,9 +213,9 @@ fn authorized(app: &App, req: &Request<Incoming>) -> Result<(), Response<ProxyBo
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(g) if same(g.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("wrong bearer token")),
-        None => Err(unauthorized("Authorization: Bearer <token> is required")),
+        Some(g) if same(g.as_bytes(), token.as_bytes()) => None,
+        Some(_) => Some(unauthorized("wrong bearer token")),
+        None => Some(unauthorized("Authorization: Bearer <token> is required")),
     }
 }
 

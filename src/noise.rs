@@ -273,7 +273,10 @@ mod tests {
         let real = d("body/price", DiffKind::Changed, "10", "11");
         for _ in 0..100 {
             // The twin differs on the token as often as the candidate does; never on the price.
-            m.record(&[token.clone(), real.clone()], Some(&[token.clone()]));
+            m.record(
+                &[token.clone(), real.clone()],
+                Some(std::slice::from_ref(&token)),
+            );
         }
         assert!(m.is_noise(&key_of(&token), &T));
         assert!(!m.is_noise(&key_of(&real), &T));
@@ -305,7 +308,7 @@ mod tests {
         }
         assert!(m.is_noise(&key_of(&k), &T));
         // raw 4: absolute 0.04% > 0.03% → real.
-        m.record(&[k.clone()], Some(&[]));
+        m.record(std::slice::from_ref(&k), Some(&[]));
         assert!(!m.is_noise(&key_of(&k), &T));
     }
 
