@@ -298,6 +298,38 @@ pub struct RoutesView {
     pub state_version: u64,
     pub uptime_secs: u64,
     pub routes: Vec<RouteView>,
+    /// Addition: the thresholds the verdicts use, so a fleet's sums can be judged alike.
+    pub gate_thresholds: ThresholdsView,
+    /// Addition: proxy-wide counters since start.
+    pub totals: TotalsView,
+}
+
+#[derive(Serialize)]
+pub struct ThresholdsView {
+    pub min_samples: u64,
+    pub max_mismatch_rate: f64,
+    pub confidence: f64,
+}
+
+#[derive(Serialize)]
+pub struct TotalsView {
+    pub requests: u64,
+    pub mirrored: u64,
+    pub shadow_dropped: u64,
+    pub session_errors: u64,
+    pub uptime_secs: u64,
+}
+
+fn counter_sum(app: &App, name: &str, filter: impl Fn(&prometheus::proto::Metric) -> bool) -> u64 {
+    app.metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.get_name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| filter(m))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
 pub fn routes_view(app: &App) -> RoutesView {
@@ -340,7 +372,32 @@ pub fn routes_view(app: &App) -> RoutesView {
             sparkline: e.stats.rate_series(30),
         });
     }
+    let requests = routes.iter().map(|r| r.requests).sum();
+    let mirrored = routes.iter().map(|r| r.mirrored).sum();
+    let shadow_dropped = counter_sum(app, "cutover_shadow_dropped_total", |m| {
+        m.get_label().iter().any(|l| {
+            l.get_name() == "reason" && l.get_value() != "sampled_out" && l.get_value() != "method"
+        })
+    });
+    let session_errors = counter_sum(app, "cutover_session_resolutions_total", |m| {
+        m.get_label().iter().any(|l| {
+            l.get_name() == "outcome"
+                && (l.get_value() == "error" || l.get_value() == "undecodable")
+        })
+    });
     RoutesView {
+        gate_thresholds: ThresholdsView {
+            min_samples: t.min_samples,
+            max_mismatch_rate: t.max_mismatch_rate,
+            confidence: t.confidence,
+        },
+        totals: TotalsView {
+            requests,
+            mirrored,
+            shadow_dropped,
+            session_errors,
+            uptime_secs: app.started.elapsed().as_secs(),
+        },
         state_version: app.state_version(),
         uptime_secs: app.started.elapsed().as_secs(),
         routes,

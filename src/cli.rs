@@ -37,6 +37,54 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print each route's gate verdict; exit 0 when every named route (default: every route in
+    /// shadow mode) passes, 1 otherwise, 2 when a proxy cannot be read.
+    Gate {
+        /// Admin URL of a proxy; several are summed as one fleet.
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Flip a route to the candidate (or P% of its traffic); refused while its gate is closed.
+    Promote {
+        route: String,
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+        #[arg(long)]
+        percent: Option<u8>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value = "CUTOVER_ADMIN_TOKEN")]
+        token_env: String,
+    },
+    /// Flip a route back to shadow.
+    Rollback {
+        route: String,
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value = "CUTOVER_ADMIN_TOKEN")]
+        token_env: String,
+    },
+    /// Diff two saved responses (raw HTTP responses or bare bodies) with the same engine;
+    /// exit 1 when they differ.
+    Diff {
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// Leave out the built-in rules (rules/default.toml).
+        #[arg(long)]
+        no_builtin: bool,
+        #[arg(long)]
+        json: bool,
+        left: PathBuf,
+        right: PathBuf,
+    },
     /// PHP session tools.
     Session {
         #[command(subcommand)]
@@ -95,6 +143,346 @@ fn session_decode(serializer: &str, file: Option<&std::path::Path>) -> u8 {
     }
 }
 
+fn with_runtime(f: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("cutover: cannot start the runtime: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// Reads every proxy's routes; None (after printing why) when one cannot be read.
+async fn read_fleet(
+    client: &crate::client::AdminClient,
+    admins: &[String],
+) -> Option<Vec<crate::client::RoutesInfo>> {
+    let mut views = Vec::new();
+    for a in admins {
+        match client.routes(a).await {
+            Ok(v) => views.push(v),
+            Err(e) => {
+                eprintln!("cutover: cannot read {a}: {e}");
+                return None;
+            }
+        }
+    }
+    Some(views)
+}
+
+async fn gate_cmd(admins: Vec<String>, routes: Vec<String>, json: bool) -> u8 {
+    let client = crate::client::AdminClient::new(None);
+    let Some(views) = read_fleet(&client, &admins).await else {
+        return EXIT_RUNTIME;
+    };
+    let (all, t) = crate::client::fleet(&views);
+    let chosen: Vec<&crate::client::RouteInfo> = if routes.is_empty() {
+        all.iter().filter(|r| r.mode == "shadow").collect()
+    } else {
+        let mut v = Vec::new();
+        for name in &routes {
+            match all.iter().find(|r| &r.route == name) {
+                Some(r) => v.push(r),
+                None => {
+                    eprintln!("cutover: no route {name} on {}", admins.join(", "));
+                    return EXIT_RUNTIME;
+                }
+            }
+        }
+        v
+    };
+    let verdicts: Vec<(String, crate::gate::Verdict)> = chosen
+        .iter()
+        .map(|r| (r.route.clone(), crate::client::judge(r, &t)))
+        .collect();
+    let all_pass = verdicts.iter().all(|(_, v)| v.passing);
+    if json {
+        let rows: Vec<serde_json::Value> = verdicts
+            .iter()
+            .map(|(r, v)| serde_json::json!({ "route": r, "passing": v.passing, "reason": v.reason, "mismatch_rate": v.rate, "mismatch_upper_bound": v.upper_bound, "more_clean_samples": v.more_clean_samples }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "passing": all_pass, "proxies": admins.len(), "routes": rows })
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        for (r, v) in &verdicts {
+            println!(
+                "{:<40} {:<8} {}",
+                r,
+                if v.passing { "PASS" } else { "CLOSED" },
+                v.reason
+            );
+        }
+        if verdicts.is_empty() {
+            println!("no routes to judge");
+        }
+    }
+    if all_pass {
+        EXIT_OK
+    } else {
+        EXIT_CHECK_FAILED
+    }
+}
+
+fn token_from(env: &str) -> Option<String> {
+    std::env::var(env).ok().filter(|t| !t.is_empty())
+}
+
+async fn promote_cmd(
+    route: String,
+    admins: Vec<String>,
+    percent: Option<u8>,
+    force: bool,
+    reason: Option<String>,
+    token_env: String,
+) -> u8 {
+    let Some(token) = token_from(&token_env) else {
+        eprintln!("cutover: promote needs the admin token in ${token_env}");
+        return EXIT_RUNTIME;
+    };
+    if force && reason.as_deref().unwrap_or("").trim().is_empty() {
+        eprintln!("cutover: --force needs --reason TEXT");
+        return EXIT_RUNTIME;
+    }
+    let client = crate::client::AdminClient::new(Some(token));
+    let mut url = format!(
+        "{}/api/routes/promote?route={}",
+        admins[0].trim_end_matches('/'),
+        crate::client::q(&route)
+    );
+    if let Some(p) = percent {
+        url.push_str(&format!("&percent={p}"));
+    }
+    if force {
+        url.push_str(&format!(
+            "&force=true&reason={}",
+            crate::client::q(reason.as_deref().unwrap_or(""))
+        ));
+    }
+    if admins.len() > 1 {
+        // The fleet is judged as one: sum every proxy's counts, and record that verdict.
+        let Some(views) = read_fleet(&client, &admins).await else {
+            return EXIT_RUNTIME;
+        };
+        let (all, t) = crate::client::fleet(&views);
+        let Some(r) = all.iter().find(|r| r.route == route) else {
+            eprintln!("cutover: no route {route} on {}", admins.join(", "));
+            return EXIT_RUNTIME;
+        };
+        let verdict = crate::client::judge(r, &t);
+        if !verdict.passing && !force {
+            eprintln!(
+                "cutover: refused: the fleet's gate for {route} is closed: {}",
+                verdict.reason
+            );
+            return EXIT_CHECK_FAILED;
+        }
+        let mut v = verdict.clone();
+        v.reason = format!("fleet of {} proxies: {}", admins.len(), verdict.reason);
+        url.push_str(&format!(
+            "&verdict={}",
+            crate::client::q(&serde_json::to_string(&v).unwrap_or_default())
+        ));
+    }
+    match client.post(&url).await {
+        Ok(ev) => {
+            println!("promoted {route}: {}", ev["reason"].as_str().unwrap_or(""));
+            EXIT_OK
+        }
+        Err(e) if e.status() == Some(409) => {
+            eprintln!("cutover: refused: {}", e.reason());
+            EXIT_CHECK_FAILED
+        }
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn rollback_cmd(
+    route: String,
+    admins: Vec<String>,
+    reason: Option<String>,
+    token_env: String,
+) -> u8 {
+    let Some(token) = token_from(&token_env) else {
+        eprintln!("cutover: rollback needs the admin token in ${token_env}");
+        return EXIT_RUNTIME;
+    };
+    let client = crate::client::AdminClient::new(Some(token));
+    let mut code = EXIT_OK;
+    for a in &admins {
+        let mut url = format!(
+            "{}/api/routes/rollback?route={}",
+            a.trim_end_matches('/'),
+            crate::client::q(&route)
+        );
+        if let Some(r) = &reason {
+            url.push_str(&format!("&reason={}", crate::client::q(r)));
+        }
+        match client.post(&url).await {
+            Ok(_) => println!("{a}: {route} is back in shadow mode"),
+            Err(e) => {
+                eprintln!("cutover: {a}: {e}");
+                code = EXIT_RUNTIME;
+            }
+        }
+    }
+    code
+}
+
+/// A saved response: a raw HTTP response (`HTTP/1.1 200 OK` …) or a bare body.
+pub fn read_saved_response(bytes: &[u8]) -> crate::diff::Captured {
+    if bytes.starts_with(b"HTTP/") {
+        let head_end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| (p, 4))
+            .or_else(|| bytes.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
+        if let Some((end, sep)) = head_end {
+            let head = String::from_utf8_lossy(&bytes[..end]);
+            let mut lines = head.lines();
+            let status = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(200);
+            let mut headers = http::HeaderMap::new();
+            for l in lines {
+                if let Some((k, v)) = l.split_once(':') {
+                    if let (Ok(k), Ok(v)) = (
+                        http::HeaderName::from_bytes(k.trim().as_bytes()),
+                        http::HeaderValue::from_str(v.trim()),
+                    ) {
+                        headers.append(k, v);
+                    }
+                }
+            }
+            let mut body = bytes[end + sep..].to_vec();
+            let chunked = headers
+                .get(http::header::TRANSFER_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("chunked"));
+            if chunked {
+                body = dechunk(&body);
+            }
+            return crate::diff::Captured {
+                status,
+                headers,
+                body: bytes::Bytes::from(body),
+            };
+        }
+    }
+    crate::diff::Captured {
+        status: 200,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::copy_from_slice(bytes),
+    }
+}
+
+fn dechunk(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < b.len() {
+        let Some(eol) = b[pos..].windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size = std::str::from_utf8(&b[pos..pos + eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { break };
+        pos += eol + 2;
+        if size == 0 || pos + size > b.len() {
+            break;
+        }
+        out.extend_from_slice(&b[pos..pos + size]);
+        pos += size + 2;
+    }
+    out
+}
+
+fn diff_cmd(
+    rules: &[PathBuf],
+    no_builtin: bool,
+    json: bool,
+    left: &std::path::Path,
+    right: &std::path::Path,
+) -> u8 {
+    use crate::diff::Comparator;
+    let mut sets = Vec::new();
+    if !no_builtin {
+        match crate::normalize::RuleSet::builtin() {
+            Ok(s) => sets.push(std::sync::Arc::new(s)),
+            Err(e) => {
+                eprintln!("cutover: {e}");
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    for r in rules {
+        match crate::normalize::RuleSet::load(r) {
+            Ok(s) => sets.push(std::sync::Arc::new(s)),
+            Err(e) => {
+                eprintln!("cutover: invalid rules: {e}");
+                return EXIT_CONFIG;
+            }
+        }
+    }
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (l, r) = match (read(left), read(right)) {
+        (Ok(l), Ok(r)) => (l, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cutover: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let decode = |c: crate::diff::Captured| crate::mirror::decoded(c, 256 << 20);
+    let (l, r) = match (
+        decode(read_saved_response(&l)),
+        decode(read_saved_response(&r)),
+    ) {
+        (Ok(l), Ok(r)) => (l, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("cutover: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let report = crate::normalize::Rules::compile(&sets).compare(&l, &r);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "equal": report.is_match(), "differences": report.differences, "unified_diff": report.unified })).unwrap_or_default());
+    } else if report.is_match() {
+        println!("equal after normalization");
+    } else {
+        println!("{} difference(s):", report.differences.len());
+        for d in &report.differences {
+            println!(
+                "  {:<8} {}  legacy: {}  candidate: {}",
+                d.kind.as_str(),
+                d.path,
+                d.legacy.as_deref().unwrap_or("-"),
+                d.candidate.as_deref().unwrap_or("-")
+            );
+        }
+        if !report.unified.is_empty() {
+            println!("\n{}", report.unified);
+        }
+    }
+    if report.is_match() {
+        EXIT_OK
+    } else {
+        EXIT_CHECK_FAILED
+    }
+}
+
 fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -127,6 +515,34 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
+        Command::Gate {
+            admins,
+            routes,
+            json,
+        } => with_runtime(gate_cmd(admins, routes, json)),
+        Command::Promote {
+            route,
+            admins,
+            percent,
+            force,
+            reason,
+            token_env,
+        } => with_runtime(promote_cmd(
+            route, admins, percent, force, reason, token_env,
+        )),
+        Command::Rollback {
+            route,
+            admins,
+            reason,
+            token_env,
+        } => with_runtime(rollback_cmd(route, admins, reason, token_env)),
+        Command::Diff {
+            rules,
+            no_builtin,
+            json,
+            left,
+            right,
+        } => diff_cmd(&rules, no_builtin, json, &left, &right),
         Command::Session {
             command: SessionCommand::Decode { serializer, file },
         } => session_decode(&serializer, file.as_deref()),

@@ -191,6 +191,70 @@ pub fn reset(app: &App, route: &str) -> Result<Event, ControlError> {
     Ok(event)
 }
 
+/// Fewest post-promotion answers or comparisons auto-rollback judges.
+pub const ROLLBACK_MIN_SAMPLES: u64 = 10;
+
+/// One auto-rollback pass: every promoted route whose candidate 5xx rate, or mismatch rate
+/// since the promotion, is confidently above `gate.rollback_mismatch_rate` goes back to shadow.
+pub async fn auto_rollback_once(app: &App) -> Vec<String> {
+    let rate = app.config.gate.rollback_mismatch_rate;
+    let conf = *app.config.gate.confidence.get_ref();
+    let mut rolled = Vec::new();
+    for e in app.routes.all() {
+        if e.mode() != Mode::Candidate {
+            continue;
+        }
+        let base = match e.promoted_at.lock() {
+            Ok(b) => *b,
+            Err(p) => *p.into_inner(),
+        };
+        let Some(base) = base else { continue };
+        let d = e.stats.totals().since(&base);
+        let compared = d.matches + d.mismatches + d.errors;
+        let reason = if gate::should_roll_back(
+            d.server_errors,
+            d.served,
+            rate,
+            conf,
+            ROLLBACK_MIN_SAMPLES,
+        ) {
+            Some(format!("candidate answered {} of {} requests with 5xx or not at all since the promotion (> {:.2}%)", d.server_errors, d.served, rate * 100.0))
+        } else if gate::should_roll_back(
+            d.mismatches + d.errors,
+            compared,
+            rate,
+            conf,
+            ROLLBACK_MIN_SAMPLES,
+        ) {
+            Some(format!(
+                "{} of {} comparisons since the promotion differ (> {:.2}%)",
+                d.mismatches + d.errors,
+                compared,
+                rate * 100.0
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            tracing::warn!(route = %e.label, %reason, "auto-rollback");
+            if rollback(app, &e.label, &reason, true).await.is_ok() {
+                rolled.push(e.label.clone());
+            }
+        }
+    }
+    rolled
+}
+
+/// Runs auto-rollback every second until `stop` changes.
+pub async fn auto_rollback_loop(app: Arc<App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => { auto_rollback_once(&app).await; }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
 /// Re-reads the config file and every rules file; applies the rules and the admin token. An
 /// invalid file keeps everything as it was. Other changes need a restart and are named.
 pub fn reload(app: &App) -> Result<Event, String> {

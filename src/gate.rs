@@ -99,6 +99,26 @@ pub fn wilson_upper(failures: u64, n: u64, confidence: f64) -> f64 {
     ((centre + spread) / (1.0 + z2 / n)).min(1.0)
 }
 
+/// One-sided Wilson score lower bound: the rate is above this at `confidence` (0 with no data).
+pub fn wilson_lower(failures: u64, n: u64, confidence: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let z = normal_quantile(confidence);
+    let n = n as f64;
+    let p = (failures as f64 / n).min(1.0);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+}
+
+/// Whether a promoted route should go back to shadow: confident (at `confidence`) that its
+/// failure rate is above `rate`. Pure; the caller counts since the promotion.
+pub fn should_roll_back(failures: u64, n: u64, rate: f64, confidence: f64, min_n: u64) -> bool {
+    n >= min_n && wilson_lower(failures, n, confidence) > rate
+}
+
 /// The smallest number of further clean samples after which the gate would pass with the
 /// failures seen so far (saturating at `u64::MAX / 2` when a run of clean samples cannot do it).
 fn clean_samples_needed(e: Evidence, t: &Thresholds) -> u64 {
@@ -218,6 +238,16 @@ mod tests {
             assert!(u >= p);
         }
         assert_eq!(wilson_upper(0, 0, 0.95), 1.0);
+    }
+
+    #[test]
+    fn rollback_needs_confidence() {
+        assert!(!should_roll_back(1, 5, 0.01, 0.95, 10), "too few");
+        assert!(should_roll_back(10, 10, 0.01, 0.95, 10));
+        // 1 failure in 1000 is 0.1%: not confidently above 1%.
+        assert!(!should_roll_back(1, 1000, 0.01, 0.95, 10));
+        assert!(should_roll_back(30, 1000, 0.01, 0.95, 10));
+        assert!(wilson_lower(5, 100, 0.95) < 0.05 && wilson_lower(5, 100, 0.95) > 0.0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod diff;

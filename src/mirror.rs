@@ -55,6 +55,9 @@ pub struct ShadowRequest {
     pub body: Bytes,
     /// The signed session snapshot, resolved before PHP saw the request.
     pub session_header: Option<HeaderValue>,
+    /// A promoted route verified the other way round: the candidate served the client (its
+    /// answer is the "head"), and the legacy app is the mirror.
+    pub reverse: bool,
 }
 
 /// What the candidate did.
@@ -94,6 +97,8 @@ enum Target {
     Candidate,
     /// The second legacy instance: the client's request as PHP got it.
     Twin,
+    /// The legacy app, as the mirror of a promoted route.
+    Legacy,
 }
 
 async fn call_upstream(
@@ -114,6 +119,7 @@ async fn call_upstream(
             Some(t) => t,
             None => return CandidateResult::Failed("no twin".into()),
         },
+        Target::Legacy => &app.legacy,
     };
     let uri = match url.join(pq) {
         Ok(u) => u,
@@ -202,7 +208,12 @@ async fn exchange(
         Ok(p) => p,
         Err(_) => return,
     };
-    let use_twin = app.twin.is_some() && is_safe(&request.parts.method);
+    let use_twin = app.twin.is_some() && is_safe(&request.parts.method) && !request.reverse;
+    let other = if request.reverse {
+        Target::Legacy
+    } else {
+        Target::Candidate
+    };
     let twin_call = async {
         if use_twin {
             Some(call_upstream(app, entry, &request, Target::Twin).await)
@@ -210,11 +221,25 @@ async fn exchange(
             None
         }
     };
-    let (candidate, legacy, twin) = tokio::join!(
-        call_upstream(app, entry, &request, Target::Candidate),
+    let (other_side, served, twin) = tokio::join!(
+        call_upstream(app, entry, &request, other),
         legacy_capture(head),
         twin_call
     );
+    let (candidate, legacy) = if request.reverse {
+        // The client got the candidate's answer; the legacy app answered the mirror.
+        let candidate = match served {
+            Ok((c, t)) => CandidateResult::Answered(c, t),
+            Err(why) => CandidateResult::Failed(why.to_string()),
+        };
+        let legacy = match other_side {
+            CandidateResult::Answered(l, t) => Ok((l, t)),
+            _ => Err("legacy_mirror_failed"),
+        };
+        (candidate, legacy)
+    } else {
+        (other_side, served)
+    };
     let parts = &request.parts;
     let (legacy, legacy_time) = match legacy {
         Ok(l) => l,

@@ -408,6 +408,32 @@ pub struct RouteStats {
     candidate_errors: IntCounter,
     metrics_requests: IntCounterVec,
     window: Mutex<Window>,
+    promoted_served: std::sync::atomic::AtomicU64,
+    promoted_5xx: std::sync::atomic::AtomicU64,
+}
+
+/// Monotonic totals of a route, for counting "since the promotion".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub matches: u64,
+    pub mismatches: u64,
+    pub errors: u64,
+    /// Answers the candidate gave the client in candidate mode.
+    pub served: u64,
+    /// Of which 5xx (or no answer at all).
+    pub server_errors: u64,
+}
+
+impl Totals {
+    pub fn since(&self, base: &Totals) -> Totals {
+        Totals {
+            matches: self.matches.saturating_sub(base.matches),
+            mismatches: self.mismatches.saturating_sub(base.mismatches),
+            errors: self.errors.saturating_sub(base.errors),
+            served: self.served.saturating_sub(base.served),
+            server_errors: self.server_errors.saturating_sub(base.server_errors),
+        }
+    }
 }
 
 impl RouteStats {
@@ -433,6 +459,8 @@ impl RouteStats {
                 .with_label_values(&[label, "candidate"]),
             metrics_requests: metrics.requests.clone(),
             window: Mutex::new(Window::new(window_secs)),
+            promoted_served: Default::default(),
+            promoted_5xx: Default::default(),
         }
     }
 
@@ -473,6 +501,26 @@ impl RouteStats {
                 s.mirrored += 1;
             }
         });
+    }
+
+    /// The candidate answered a client of a promoted route with `status` (502: no answer).
+    pub fn promoted_answer(&self, status: u16) {
+        use std::sync::atomic::Ordering;
+        self.promoted_served.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.promoted_5xx.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        use std::sync::atomic::Ordering;
+        Totals {
+            matches: self.comparisons[Outcome::Match as usize].get(),
+            mismatches: self.comparisons[Outcome::Mismatch as usize].get(),
+            errors: self.comparisons[Outcome::CandidateError as usize].get(),
+            served: self.promoted_served.load(Ordering::Relaxed),
+            server_errors: self.promoted_5xx.load(Ordering::Relaxed),
+        }
     }
 
     pub fn upstream_error(&self, side: Side) {

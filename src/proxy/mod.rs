@@ -200,8 +200,25 @@ impl Running {
         }
     }
 
-    /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
+    /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully; SIGHUP reloads config and rules.
     pub async fn until_signal(self) {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                let app = self.app.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        match crate::control::reload(&app) {
+                            Ok(ev) => info!(reason = %ev.reason, "reloaded on SIGHUP"),
+                            Err(why) => {
+                                warn!(%why, "SIGHUP reload failed; the old config and rules stay")
+                            }
+                        }
+                    }
+                });
+            }
+        }
         wait_for_signal().await;
         info!("shutting down: finishing in-flight requests");
         self.shutdown().await;
@@ -264,6 +281,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(serve_proxy(app.clone(), proxy_listener, rx.clone())),
         tokio::spawn(crate::admin::serve(app.clone(), admin_listener, rx.clone())),
     ];
+    tasks.push(tokio::spawn(crate::control::auto_rollback_loop(
+        app.clone(),
+        rx.clone(),
+    )));
     if let Some(s) = &app.config.state {
         let every = Duration::from_millis(s.poll_ms.max(50));
         tasks.push(tokio::spawn(crate::state::poll_loop(
@@ -449,7 +470,10 @@ pub async fn handle(
                 || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
             {
                 match resolve_session(&app, &parts, session.as_deref()).await {
-                    Ok(h) => serve_candidate(&app, &entry, parts, body, h, started).await,
+                    Ok(h) => {
+                        serve_candidate(&app, &entry, parts, body, h, session.as_deref(), started)
+                            .await
+                    }
                     // Without the user's session the candidate would answer a logged-out page.
                     Err(()) => {
                         serve_plain(&app, &entry, mode, parts, body::boxed(body), started).await
@@ -616,6 +640,7 @@ async fn serve_shadow(
             parts: parts.clone(),
             body: bytes.clone(),
             session_header,
+            reverse: false,
         },
         head_rx,
     );
@@ -682,17 +707,50 @@ async fn serve_candidate(
     parts: http::request::Parts,
     body: Incoming,
     session_header: Option<HeaderValue>,
+    cookie: Option<&str>,
     started: Instant,
 ) -> Response<ProxyBody> {
     let mode = Mode::Candidate;
-    let retry_on_legacy = is_safe(&parts.method) && body.is_end_stream();
+    let bodiless = body.is_end_stream();
+    let retry_on_legacy = is_safe(&parts.method) && bodiless;
+    // verify_after_promotion: safe, bodiless, eligible requests are also sent to the legacy app
+    // and compared, the other way round. Unsafe ones never are: PHP would commit them twice.
+    let verify = app.config.gate.verify_after_promotion
+        && retry_on_legacy
+        && entry.mirror_methods.contains(&parts.method)
+        && sampled(entry.sample, cookie);
+    let slot = if verify {
+        app.dispatcher.try_reserve()
+    } else {
+        None
+    };
+    if verify && slot.is_none() {
+        app.metrics.dropped(DropReason::QueueFull);
+    }
     let mut req = match forward_request(&entry.candidate, &parts, body::boxed(body)) {
         Ok(r) => r,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n"),
     };
-    if let Some(h) = session_header {
-        req.headers_mut().insert(crate::session::header::HEADER, h);
+    if let Some(h) = &session_header {
+        req.headers_mut()
+            .insert(crate::session::header::HEADER, h.clone());
     }
+    let head_tx = slot.map(|slot| {
+        let (tx, rx) = oneshot::channel::<LegacyHead>();
+        mirror::spawn_exchange(
+            app.clone(),
+            entry.clone(),
+            slot,
+            mirror::ShadowRequest {
+                parts: parts.clone(),
+                body: Bytes::new(),
+                session_header: None,
+                reverse: true,
+            },
+            rx,
+        );
+        tx
+    });
     let result = tokio::time::timeout(entry.candidate_timeout, app.client.request(req)).await;
     let elapsed = started.elapsed();
     match result {
@@ -702,7 +760,9 @@ async fn serve_candidate(
                 .candidate_duration
                 .observe(elapsed.as_secs_f64());
             let (parts_out, body) = upstream_response(resp);
-            entry.stats.request(mode, parts_out.status.as_u16(), false);
+            let status = parts_out.status.as_u16();
+            entry.stats.request(mode, status, head_tx.is_some());
+            entry.stats.promoted_answer(status);
             access_log(
                 entry,
                 mode,
@@ -710,18 +770,37 @@ async fn serve_candidate(
                 &parts,
                 None,
                 None,
-                Some(parts_out.status.as_u16()),
+                Some(status),
                 Some(elapsed),
                 "promoted",
             );
-            Response::from_parts(parts_out, body::boxed(body))
+            match head_tx {
+                Some(tx) => {
+                    let (cap_tx, cap_rx) = oneshot::channel();
+                    let _ = tx.send(LegacyHead {
+                        status: parts_out.status,
+                        headers: parts_out.headers.clone(),
+                        elapsed,
+                        capture: cap_rx,
+                    });
+                    let tee = TeeBody::new(body, entry.max_body_bytes, cap_tx);
+                    Response::from_parts(parts_out, body::boxed(tee))
+                }
+                None => Response::from_parts(parts_out, body::boxed(body)),
+            }
         }
         failed => {
             entry.stats.upstream_error(Side::Candidate);
-            if let Err(_) | Ok(Err(_)) = failed {
-                warn!(route = %entry.label, "candidate failed in candidate mode");
+            entry.stats.promoted_answer(502);
+            match failed {
+                Err(_) => warn!(route = %entry.label, "candidate timed out in candidate mode"),
+                Ok(Err(e)) => {
+                    warn!(route = %entry.label, error = %e, "candidate failed in candidate mode")
+                }
+                Ok(Ok(_)) => {}
             }
             if retry_on_legacy {
+                app.metrics.candidate_fallbacks.inc();
                 serve_plain(app, entry, mode, parts, body::empty(), Instant::now()).await
             } else {
                 entry.stats.request(mode, 502, false);

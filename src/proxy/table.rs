@@ -31,6 +31,9 @@ pub struct RouteEntry {
     /// Difference fields already seen, to cap `cutover_differences_total` cardinality.
     pub diff_fields: Mutex<HashSet<String>>,
     evidence: Mutex<Evidence>,
+    /// Totals when the route was promoted (None while not promoted): auto-rollback judges
+    /// only what happened since.
+    pub promoted_at: Mutex<Option<crate::stats::Totals>>,
 }
 
 /// What the comparisons of a route have taught: its noise keys and its latest mismatches.
@@ -54,6 +57,16 @@ impl RouteEntry {
     }
 
     pub fn set_mode(&self, mode: Mode, percent: u8) {
+        let mut base = match self.promoted_at.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        match (self.mode(), mode) {
+            (Mode::Candidate, Mode::Candidate) => {}
+            (_, Mode::Candidate) => *base = Some(self.stats.totals()),
+            _ => *base = None,
+        }
+        drop(base);
         self.mode.store(mode.index() as u8, Ordering::Relaxed);
         self.percent.store(percent.min(100), Ordering::Relaxed);
     }
@@ -182,6 +195,7 @@ impl RouteTable {
                 stats: RouteStats::new(r.pattern.get_ref(), metrics, window_secs),
                 diff_fields: Mutex::new(HashSet::new()),
                 evidence: Mutex::new(Evidence::default()),
+                promoted_at: Mutex::new(None),
             };
             configured.push(Arc::new(entry));
         }
@@ -292,6 +306,7 @@ impl AutoDefaults {
             stats: RouteStats::new(label, metrics, self.window_secs),
             diff_fields: Mutex::new(HashSet::new()),
             evidence: Mutex::new(Evidence::default()),
+            promoted_at: Mutex::new(None),
         }
     }
 }
