@@ -380,6 +380,13 @@ pub fn sampled(rate: f64, session: Option<&str>) -> bool {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(0x100000001b3);
             }
+            // FNV's high bits barely move when only the last bytes differ (session ids that
+            // share a prefix): mix them (MurmurHash3's finaliser) before taking a fraction.
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51afd7ed558ccd);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+            h ^= h >> 33;
             (h >> 11) as f64 / (1u64 << 53) as f64
         }
         None => fastrand::f64(),
@@ -393,6 +400,28 @@ fn session_id_of(headers: &http::HeaderMap, cookie: &str) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| crate::session::cookie_value(v, cookie).map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sticky_sampling_is_spread_and_stable() {
+        let ids: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
+        let share = ids
+            .iter()
+            .filter(|id| super::sampled(0.3, Some(id)))
+            .count() as f64
+            / 2000.0;
+        assert!((0.25..0.35).contains(&share), "{share}");
+        for id in &ids {
+            assert_eq!(super::sampled(0.3, Some(id)), super::sampled(0.3, Some(id)));
+        }
+        // Nested shares: a session in the 10% sample is in the 30% sample too.
+        assert!(ids
+            .iter()
+            .filter(|id| super::sampled(0.1, Some(id)))
+            .all(|id| super::sampled(0.3, Some(id))));
+    }
 }
 
 /// What happened to the request body before forwarding.
