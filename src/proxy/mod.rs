@@ -402,28 +402,6 @@ fn session_id_of(headers: &http::HeaderMap, cookie: &str) -> Option<String> {
         .find_map(|v| crate::session::cookie_value(v, cookie).map(str::to_string))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sticky_sampling_is_spread_and_stable() {
-        let ids: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
-        let share = ids
-            .iter()
-            .filter(|id| super::sampled(0.3, Some(id)))
-            .count() as f64
-            / 2000.0;
-        assert!((0.25..0.35).contains(&share), "{share}");
-        for id in &ids {
-            assert_eq!(super::sampled(0.3, Some(id)), super::sampled(0.3, Some(id)));
-        }
-        // Nested shares: a session in the 10% sample is in the 30% sample too.
-        assert!(ids
-            .iter()
-            .filter(|id| super::sampled(0.1, Some(id)))
-            .all(|id| super::sampled(0.3, Some(id))));
-    }
-}
-
 /// What happened to the request body before forwarding.
 enum RequestBody {
     /// Read whole (within the cap): can be sent to both sides.
@@ -868,4 +846,26 @@ pub fn access_log(
         candidate_ms = candidate_time.map(|d| d.as_secs_f64() * 1000.0),
         outcome,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sticky_sampling_is_spread_and_stable() {
+        let ids: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
+        let share = ids
+            .iter()
+            .filter(|id| super::sampled(0.3, Some(id)))
+            .count() as f64
+            / 2000.0;
+        assert!((0.25..0.35).contains(&share), "{share}");
+        for id in &ids {
+            assert_eq!(super::sampled(0.3, Some(id)), super::sampled(0.3, Some(id)));
+        }
+        // Nested shares: a session in the 10% sample is in the 30% sample too.
+        assert!(ids
+            .iter()
+            .filter(|id| super::sampled(0.1, Some(id)))
+            .all(|id| super::sampled(0.3, Some(id))));
+    }
 }
