@@ -133,6 +133,10 @@ struct Parser<'a> {
     depth: usize,
     /// Slots assigned so far (the next value takes `slots + 1`).
     slots: u32,
+    /// A duplicate key replaced a value (whose slots then point nowhere in the tree).
+    overwrote: bool,
+    /// An `r:`/`R:` was seen.
+    referenced: bool,
 }
 
 fn err<T>(offset: usize, what: impl Into<String>) -> Result<T, DecodeError> {
@@ -149,6 +153,8 @@ impl<'a> Parser<'a> {
             pos: 0,
             depth: 0,
             slots: 0,
+            overwrote: false,
+            referenced: false,
         }
     }
 
@@ -314,7 +320,10 @@ impl<'a> Parser<'a> {
             let value = self.value()?;
             match out.iter_mut().find(|(k, _)| *k == key) {
                 // A later duplicate overwrites the value and keeps the first position, as PHP does.
-                Some(slot) => slot.1 = value,
+                Some(slot) => {
+                    slot.1 = value;
+                    self.overwrote = true;
+                }
                 None => out.push((key, value)),
             }
         }
@@ -422,6 +431,7 @@ impl<'a> Parser<'a> {
                         format!("reference to slot {n}, but only {limit} values came before"),
                     );
                 }
+                self.referenced = true;
                 Ok(Value::Ref {
                     slot: n as u32,
                     php_ref: tag == b'R',
@@ -459,7 +469,23 @@ pub fn unserialize(input: &[u8]) -> Result<Value, DecodeError> {
     if p.pos != input.len() {
         return err(p.pos, "trailing bytes after the value");
     }
+    p.check_references()?;
     Ok(v)
+}
+
+impl Parser<'_> {
+    /// Slot numbers count every value parsed, the overwritten ones too; once a duplicate key
+    /// dropped a value, references can no longer be kept as references. PHP never writes such
+    /// a blob, so it is refused rather than guessed at.
+    fn check_references(&self) -> Result<(), DecodeError> {
+        if self.overwrote && self.referenced {
+            return err(
+                0,
+                "duplicate keys together with references (not something PHP writes)",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Decodes a session blob with `serializer`, refusing blobs over `max_bytes`.
@@ -479,11 +505,14 @@ pub fn decode_session(
     }
     let mut p = Parser::new(input);
     let mut vars: Vec<(Key, Value)> = Vec::new();
-    let set = |vars: &mut Vec<(Key, Value)>, k: Key, v: Value| match vars
+    let set = |p: &mut Parser, vars: &mut Vec<(Key, Value)>, k: Key, v: Value| match vars
         .iter_mut()
         .find(|(n, _)| *n == k)
     {
-        Some(e) => e.1 = v,
+        Some(e) => {
+            e.1 = v;
+            p.overwrote = true;
+        }
         None => vars.push((k, v)),
     };
     match serializer {
@@ -496,7 +525,7 @@ pub fn decode_session(
                 let name = input[p.pos..p.pos + bar].to_vec();
                 p.pos += bar + 1;
                 let v = p.value()?;
-                set(&mut vars, Key::Str(name), v);
+                set(&mut p, &mut vars, Key::Str(name), v);
             }
         }
         Serializer::PhpBinary => {
@@ -517,7 +546,7 @@ pub fn decode_session(
                     continue;
                 }
                 let v = p.value()?;
-                set(&mut vars, Key::Str(name), v);
+                set(&mut p, &mut vars, Key::Str(name), v);
             }
         }
         Serializer::PhpSerialize => {
@@ -533,6 +562,7 @@ pub fn decode_session(
             }
         }
     }
+    p.check_references()?;
     Ok(Session { serializer, vars })
 }
 
@@ -1279,6 +1309,23 @@ mod tests {
         let e =
             decode_session(b"x|R:5;", Serializer::Php, DEFAULT_MAX_BYTES).expect_err("dangling");
         assert!(e.what.contains("slot 5"), "{e}");
+    }
+
+    #[test]
+    fn duplicates_with_references_are_refused() {
+        // Found by the fuzzer: the overwritten value's slot no longer exists when re-encoded.
+        let e = decode_session(
+            b"a|a:1:{i:0;i:1;}a|N;b|R:2;",
+            Serializer::Php,
+            DEFAULT_MAX_BYTES,
+        )
+        .expect_err("refused");
+        assert!(
+            e.what.contains("duplicate keys together with references"),
+            "{e}"
+        );
+        decode_session(b"a|i:1;a|i:2;", Serializer::Php, DEFAULT_MAX_BYTES)
+            .expect("duplicates alone are fine");
     }
 
     #[test]
