@@ -24,3 +24,4 @@ pub mod samples;
 pub mod session;
 pub mod state;
 pub mod stats;
+pub mod tui;
