@@ -37,6 +37,22 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The dashboard, reading one or more running proxies (several are summed: one fleet).
+    Tui {
+        #[arg(long = "admin", required = true)]
+        admins: Vec<String>,
+        #[arg(long, default_value = "CUTOVER_ADMIN_TOKEN")]
+        token_env: String,
+    },
+    /// In-process legacy and candidate apps, generated traffic, the proxy and the dashboard.
+    Demo {
+        /// Print a summary table instead of the dashboard.
+        #[arg(long)]
+        headless: bool,
+        /// Stop after this long (20s, 2m, ...).
+        #[arg(long)]
+        duration: Option<String>,
+    },
     /// Print each route's gate verdict; exit 0 when every named route (default: every route in
     /// shadow mode) passes, 1 otherwise, 2 when a proxy cannot be read.
     Gate {
@@ -520,6 +536,51 @@ pub fn run(cli: Cli) -> u8 {
             routes,
             json,
         } => with_runtime(gate_cmd(admins, routes, json)),
+        Command::Tui { admins, token_env } => with_runtime(async move {
+            match crate::tui::run(admins, token_from(&token_env), None).await {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("cutover: terminal: {e}");
+                    EXIT_RUNTIME
+                }
+            }
+        }),
+        Command::Demo { headless, duration } => {
+            let duration = match duration.as_deref().map(crate::demo::parse_duration) {
+                None => None,
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    eprintln!("cutover: --duration: {e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            // The demo signs session headers with a secret of its own, set before any thread starts.
+            let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+            std::env::set_var("CUTOVER_DEMO_SESSION_SECRET", secret);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_stack_size(crate::session::php::STACK_BYTES)
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cutover: cannot start the runtime: {e}");
+                    return EXIT_RUNTIME;
+                }
+            };
+            let code = rt.block_on(async move {
+                match crate::demo::run(headless, duration).await {
+                    Ok(()) => EXIT_OK,
+                    Err(e) => {
+                        eprintln!("cutover demo: {e}");
+                        EXIT_RUNTIME
+                    }
+                }
+            });
+            // Mirrors still in flight are not waited for.
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            code
+        }
         Command::Promote {
             route,
             admins,
@@ -564,11 +625,8 @@ pub fn run(cli: Cli) -> u8 {
                     return EXIT_CONFIG;
                 }
             };
-            if tui {
-                eprintln!("cutover: --tui is not available in this build yet; use `cutover tui --admin URL`");
-                return EXIT_RUNTIME;
-            }
-            let _guard = init_logging();
+            // With --tui the dashboard owns the terminal: no log lines on it.
+            let _guard = if tui { None } else { init_logging() };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -581,6 +639,19 @@ pub fn run(cli: Cli) -> u8 {
             };
             rt.block_on(async move {
                 match crate::proxy::start(cfg).await {
+                    Ok(running) if tui => {
+                        let admin = format!("http://{}", running.admin_addr);
+                        let token = running.app.admin_token();
+                        let result = crate::tui::run(vec![admin], token, None).await;
+                        running.shutdown().await;
+                        match result {
+                            Ok(()) => EXIT_OK,
+                            Err(e) => {
+                                eprintln!("cutover: terminal: {e}");
+                                EXIT_RUNTIME
+                            }
+                        }
+                    }
                     Ok(running) => {
                         eprintln!(
                             "cutover: proxy on http://{}  admin on http://{}",
