@@ -61,6 +61,9 @@ pub struct Listen {
     pub proxy: Spanned<String>,
     #[serde(default = "default_admin_addr")]
     pub admin: Spanned<String>,
+    /// Addition: proxy worker threads (0: one per core).
+    #[serde(default)]
+    pub workers: usize,
 }
 
 fn default_proxy_addr() -> Spanned<String> {
@@ -75,6 +78,7 @@ impl Default for Listen {
         Listen {
             proxy: default_proxy_addr(),
             admin: default_admin_addr(),
+            workers: 0,
         }
     }
 }

@@ -140,7 +140,7 @@ async fn call_upstream(
     let started = Instant::now();
     let call = async {
         let resp = app
-            .client
+            .client()
             .request(req)
             .await
             .map_err(|e| format!("{e:?}"))?;

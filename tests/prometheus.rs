@@ -160,9 +160,12 @@ async fn dashboards_and_alerts_work_against_a_real_prometheus() {
         _service: Service { child, addr },
         addr,
     };
-        wait_port(addr, Duration::from_secs(30)).await;
+    wait_port(addr, Duration::from_secs(30)).await;
     // The port opens before the TSDB is ready (503 until then).
-    eventually(Duration::from_secs(30), "prometheus ready", || async { get(addr, "/-/ready", &[]).await.status == 200 }).await;
+    eventually(Duration::from_secs(30), "prometheus ready", || async {
+        get(addr, "/-/ready", &[]).await.status == 200
+    })
+    .await;
     // Enough scrapes for rates over a 15 s window.
     eventually(
         Duration::from_secs(60),

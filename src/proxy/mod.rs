@@ -252,13 +252,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_at = config.listen.proxy.get_ref().clone();
     let admin_at = config.listen.admin.get_ref().clone();
     let app = Arc::new(App::new(config).await?);
-    let proxy_listener = TcpListener::bind(&proxy_at)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "listen.proxy",
-            addr: proxy_at.clone(),
-            source,
-        })?;
+    let bind_err = |source| StartError::Bind {
+        what: "listen.proxy",
+        addr: proxy_at.clone(),
+        source,
+    };
+    let first_addr: SocketAddr = proxy_at
+        .parse()
+        .map_err(|_| StartError::Setup(format!("listen.proxy `{proxy_at}` is not an address")))?;
+    // One listener per worker on the same port (SO_REUSEPORT): the kernel spreads connections.
+    let workers = app.worker_count();
+    let mut listeners = vec![bind_reuseport(first_addr).map_err(bind_err)?];
+    let proxy_addr = listeners[0]
+        .local_addr()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    for _ in 1..workers {
+        listeners.push(bind_reuseport(proxy_addr).map_err(bind_err)?);
+    }
     let admin_listener = TcpListener::bind(&admin_at)
         .await
         .map_err(|source| StartError::Bind {
@@ -266,9 +276,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: admin_at.clone(),
             source,
         })?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|e| StartError::Setup(e.to_string()))?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| StartError::Setup(e.to_string()))?;
@@ -277,10 +284,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracing::warn!(error = %e, "state store not readable at start-up; starting from the config's modes");
     }
     let (tx, rx) = watch::channel(false);
-    let mut tasks = vec![
-        tokio::spawn(serve_proxy(app.clone(), proxy_listener, rx.clone())),
-        tokio::spawn(crate::admin::serve(app.clone(), admin_listener, rx.clone())),
-    ];
+    let mut tasks = vec![tokio::spawn(crate::admin::serve(
+        app.clone(),
+        admin_listener,
+        rx.clone(),
+    ))];
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let handle = spawn_worker(i, app.clone(), listener, rx.clone())
+            .map_err(|e| StartError::Setup(format!("worker thread: {e}")))?;
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }));
+    }
     tasks.push(tokio::spawn(crate::control::auto_rollback_loop(
         app.clone(),
         rx.clone(),
@@ -301,6 +316,87 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: tx,
         tasks,
     })
+}
+
+/// A listening socket with SO_REUSEADDR and SO_REUSEPORT, non-blocking, for a worker's runtime.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+thread_local! {
+    /// The upstream client of the worker thread this code runs on: connections, their pool and
+    /// their tasks stay on one thread, so a request never wakes another core.
+    static WORKER_CLIENT: std::cell::RefCell<Option<upstream::UpstreamClient>> = const { std::cell::RefCell::new(None) };
+}
+
+impl App {
+    /// The upstream client for the current thread (the worker's own, else the shared one).
+    pub fn client(&self) -> upstream::UpstreamClient {
+        WORKER_CLIENT
+            .with(|c| c.borrow().clone())
+            .unwrap_or_else(|| self.client.clone())
+    }
+
+    /// Proxy worker threads: `listen.workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.config.listen.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+}
+
+/// A worker: a thread with its own single-threaded runtime, listener and upstream client
+/// (thread per core, as nginx runs a process per core). It returns after a graceful shutdown.
+fn spawn_worker(
+    i: usize,
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("cutover-worker-{i}"))
+        .stack_size(crate::session::php::STACK_BYTES)
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let ca = app
+                    .config
+                    .upstreams
+                    .ca_file
+                    .as_ref()
+                    .map(|c| app.config.resolve(c.get_ref()));
+                match upstream::client(ca.as_deref(), app.config.mirror.concurrency.max(64)) {
+                    Ok(c) => WORKER_CLIENT.with(|w| *w.borrow_mut() = Some(c)),
+                    Err(e) => tracing::warn!(error = %e, "worker client; using the shared one"),
+                }
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve_proxy(app, l, stop).await,
+                    Err(e) => tracing::error!(error = %e, "worker listener"),
+                }
+            });
+            // Mirrors still running are not waited for beyond this.
+            rt.shutdown_timeout(Duration::from_millis(100));
+        })
 }
 
 async fn serve_proxy(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -529,7 +625,7 @@ async fn serve_plain(
     started: Instant,
 ) -> Response<ProxyBody> {
     let resp = match forward_request(&app.legacy, &parts, body) {
-        Ok(req) => app.client.request(req).await,
+        Ok(req) => app.client().request(req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
             return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
@@ -652,7 +748,7 @@ async fn serve_shadow(
         head_rx,
     );
     let resp = match forward_request(&app.legacy, &parts, body::full(bytes)) {
-        Ok(req) => app.client.request(req).await,
+        Ok(req) => app.client().request(req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
             return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
@@ -758,7 +854,7 @@ async fn serve_candidate(
         );
         tx
     });
-    let result = tokio::time::timeout(entry.candidate_timeout, app.client.request(req)).await;
+    let result = tokio::time::timeout(entry.candidate_timeout, app.client().request(req)).await;
     let elapsed = started.elapsed();
     match result {
         Ok(Ok(resp)) => {
