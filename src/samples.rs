@@ -326,6 +326,51 @@ mod tests {
     }
 
     #[test]
+    fn jsonl_sink_writes_and_rotates() {
+        let dir = std::env::temp_dir().join(format!("cutover-jsonl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("samples.jsonl");
+        let sink = JsonlSink::start(path.clone(), 600).expect("sink");
+        let r = Redactor::new(&[], &[], &[]).expect("r");
+        for i in 0..10 {
+            assert!(sink.send(r.sample(
+                "/",
+                &format!("GET /{i}"),
+                &http::HeaderMap::new(),
+                200,
+                500,
+                &[],
+                "",
+                &[],
+                i
+            )));
+        }
+        drop(sink); // the writer thread drains the channel and ends
+        let rotated = dir.join("samples.jsonl.1");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let lines = |p: &std::path::Path| {
+            std::fs::read_to_string(p)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        while lines(&path) + lines(&rotated) < 10 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(rotated.is_file(), "rotated past 600 bytes");
+        assert!(std::fs::metadata(&path).expect("current").len() <= 600);
+        let last: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .last()
+                .expect("a line"),
+        )
+        .expect("json");
+        assert_eq!(last["request"], "GET /9");
+    }
+
+    #[test]
     fn ring_keeps_the_latest() {
         let mut ring = SampleRing::default();
         let r = Redactor::new(&[], &[], &[]).expect("r");

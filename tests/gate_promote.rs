@@ -498,3 +498,117 @@ async fn gate_sums_a_fleet() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn promoted_routes_verify_fall_back_and_reset() {
+    env();
+    let (legacy, candidate) = legacy_and_candidate().await;
+    let dead = format!("http://{}", dead_addr());
+    let config = format!(
+        "{}[[route]]\npattern = \"/gone\"\ncandidate = \"{dead}\"\n",
+        gate_config(&legacy.url(), &candidate.url())
+    );
+    let proxy = cutover(&config).await;
+    // A promoted route whose candidate cannot be reached: safe requests are answered by PHP.
+    assert_eq!(
+        post(
+            proxy.admin_addr,
+            "/api/routes/promote?route=/gone&force=true&reason=t",
+            Some(TOKEN)
+        )
+        .await
+        .status,
+        200
+    );
+    let r = get(proxy.proxy_addr, "/gone", &[]).await;
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+        (200, r#"{"from":"php"}"#.to_string())
+    );
+    assert_eq!(
+        metric(
+            &scrape(proxy.admin_addr).await,
+            "cutover_candidate_fallbacks_total",
+            &[]
+        ),
+        1.0
+    );
+    // verify_after_promotion: the candidate serves, PHP is asked too, and they are compared.
+    assert_eq!(
+        post(
+            proxy.admin_addr,
+            "/api/routes/promote?route=/other&force=true&reason=t",
+            Some(TOKEN)
+        )
+        .await
+        .status,
+        200
+    );
+    for _ in 0..5 {
+        let r = get(proxy.proxy_addr, "/other", &[]).await;
+        assert_eq!(String::from_utf8_lossy(&r.body), r#"{"from":"rust"}"#);
+    }
+    eventually(Duration::from_secs(5), "5 reverse comparisons", || async {
+        metric(
+            &scrape(proxy.admin_addr).await,
+            "cutover_comparisons_total",
+            &[("route", "/other"), ("outcome", "mismatch")],
+        ) == 5.0
+    })
+    .await;
+    assert_eq!(
+        legacy
+            .requests()
+            .iter()
+            .filter(|r| r.uri.path() == "/other")
+            .count(),
+        5,
+        "PHP got the verification requests"
+    );
+    // reset: the window, noise and samples of the route are forgotten.
+    assert_eq!(
+        post(proxy.admin_addr, "/api/routes/reset?route=/other", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(
+            proxy.admin_addr,
+            "/api/routes/reset?route=/other",
+            Some(TOKEN)
+        )
+        .await
+        .status,
+        200
+    );
+    let v = api(proxy.admin_addr, "/api/routes").await;
+    let other = v["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .find(|r| r["route"] == "/other")
+        .cloned()
+        .expect("route");
+    assert_eq!(other["samples"], 0);
+    assert_eq!(
+        post(
+            proxy.admin_addr,
+            "/api/routes/reset?route=/nope",
+            Some(TOKEN)
+        )
+        .await
+        .status,
+        404
+    );
+    let events = api(proxy.admin_addr, "/api/events").await;
+    assert_eq!(
+        events["events"]
+            .as_array()
+            .expect("events")
+            .last()
+            .expect("event")["kind"],
+        "reset"
+    );
+    proxy.shutdown().await;
+}

@@ -560,6 +560,12 @@ pub async fn handle(
         );
     }
     let entry = app.routes.lookup(parts.uri.path(), &app.metrics);
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // hyper framed the body by Transfer-Encoding (and will close the connection after); a
+        // Content-Length sent alongside must not reach the upstream, or it would read the body
+        // differently (request smuggling).
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     upstream::strip_hop_by_hop(&mut parts.headers);
     upstream::strip_cutover_headers(&mut parts.headers);
     upstream::add_forwarded(&mut parts.headers, remote);
