@@ -349,12 +349,8 @@ mod tests {
         drop(sink); // the writer thread drains the channel and ends
         let rotated = dir.join("samples.jsonl.1");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let lines = |p: &std::path::Path| {
-            std::fs::read_to_string(p)
-                .map(|t| t.lines().count())
-                .unwrap_or(0)
-        };
-        while lines(&path) + lines(&rotated) < 10 && std::time::Instant::now() < deadline {
+        let done = || std::fs::read_to_string(&path).is_ok_and(|t| t.contains("GET /9"));
+        while !done() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(rotated.is_file(), "rotated past 600 bytes");
