@@ -22,11 +22,11 @@ fn captured(ct: &'static str, body: Vec<u8>) -> Captured {
     }
 }
 
-fn json_mb(change_every: Option<usize>) -> Vec<u8> {
+fn json_mb(change_every: Option<usize>, etag_salt: u32) -> Vec<u8> {
     let items: Vec<serde_json::Value> = (0..7000)
         .map(|i| {
             let price = if change_every.is_some_and(|n| i % n == 0) { 2.5 } else { 1.25 };
-            serde_json::json!({"id": i, "name": format!("item {i}"), "price": price, "tags": ["a", "b", "c"], "meta": {"etag": format!("{i:08x}")}})
+            serde_json::json!({"id": i, "name": format!("item {i}"), "price": price, "tags": ["a", "b", "c"], "meta": {"etag": format!("{:08x}", i as u32 ^ etag_salt)}})
         })
         .collect();
     serde_json::to_vec(&serde_json::json!({"items": items, "generated_at": 1700000000}))
@@ -62,14 +62,22 @@ fn rules() -> Rules {
 
 fn bench(c: &mut Criterion) {
     let r = rules();
-    let json = json_mb(None);
-    let json_diff = json_mb(Some(1000));
+    let json = json_mb(None, 0);
+    // Differs only where the rules ignore (every etag): equal after normalization.
+    let json_same = json_mb(None, 0x5a5a);
+    let json_diff = json_mb(Some(1000), 0);
     let html = html_mb(false);
     let html_diff = html_mb(true);
     let mut g = c.benchmark_group("normalize_compare");
     g.sample_size(20);
     for (name, ct, a, b) in [
         ("json_equal_1mb", "application/json", &json, &json),
+        (
+            "json_equal_after_rules_1mb",
+            "application/json",
+            &json,
+            &json_same,
+        ),
         (
             "json_few_differences_1mb",
             "application/json",

@@ -70,6 +70,10 @@ pub trait Comparator: Send + Sync {
     fn compare(&self, legacy: &Captured, candidate: &Captured) -> Report;
 }
 
+/// Longest a diff algorithm may search for a minimal diff; past it `similar` returns a correct
+/// but coarser diff, so a pathological pair cannot hold a comparison worker.
+pub const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Most differences listed per comparison (the rest are summarised by one `size` entry).
 pub const MAX_DIFFERENCES: usize = 200;
 
@@ -271,7 +275,9 @@ pub fn diff_json(
 /// Text compared line by line, then word by word inside changed lines: each changed run is one
 /// difference at its first line, with only the words that differ as its values.
 pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
-    let diff = TextDiff::from_lines(l, c);
+    let diff = TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(l, c);
     for op in diff.ops() {
         if out.len() >= MAX_DIFFERENCES {
             return;
@@ -290,7 +296,9 @@ pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
             similar::DiffTag::Insert => (DiffKind::Extra, None, Some(lines(c, new.clone()))),
             similar::DiffTag::Replace => {
                 let (a, b) = (lines(l, old.clone()), lines(c, new.clone()));
-                let words = TextDiff::from_words(a.as_str(), b.as_str());
+                let words = TextDiff::configure()
+                    .timeout(DIFF_DEADLINE)
+                    .diff_words(a.as_str(), b.as_str());
                 let mut removed = String::new();
                 let mut added = String::new();
                 for change in words.iter_all_changes() {
@@ -320,7 +328,9 @@ pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
 pub fn unified(l: &[u8], c: &[u8]) -> String {
     let l = String::from_utf8_lossy(l);
     let c = String::from_utf8_lossy(c);
-    TextDiff::from_lines(l.as_ref(), c.as_ref())
+    TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(l.as_ref(), c.as_ref())
         .unified_diff()
         .context_radius(3)
         .header("legacy", "candidate")

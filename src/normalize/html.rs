@@ -104,8 +104,8 @@ pub struct HtmlRules {
 /// One token of the normalized stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
-    /// Element path of the token (`html/body/p[2]`).
-    pub path: String,
+    /// Element path of the token (`html/body/p[2]`), shared by the tokens of one element.
+    pub path: std::sync::Arc<str>,
     /// The token as text (`<p class="x">`, `</p>`, `hello`), after normalization.
     pub text: String,
 }
@@ -120,7 +120,8 @@ struct Open {
     tag: String,
     /// Child element counts by tag, for sibling indexes.
     children: Vec<(String, usize)>,
-    label: String,
+    /// The element's full path, made once.
+    path: std::sync::Arc<str>,
 }
 
 fn parse_attrs(s: &str) -> Vec<(String, String)> {
@@ -187,15 +188,13 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
     let mut stack: Vec<Open> = vec![Open {
         tag: String::new(),
         children: Vec::new(),
-        label: String::new(),
+        path: std::sync::Arc::from(""),
     }];
-    let path = |stack: &[Open]| -> String {
+    let path = |stack: &[Open]| -> std::sync::Arc<str> {
         stack
-            .iter()
-            .skip(1)
-            .map(|o| o.label.as_str())
-            .collect::<Vec<_>>()
-            .join("/")
+            .last()
+            .map(|o| o.path.clone())
+            .unwrap_or_else(|| std::sync::Arc::from(""))
     };
     // Depth of an ignored element being skipped (0: not skipping).
     let mut skipping: Option<(String, usize)> = None;
@@ -332,16 +331,16 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
             let _ = write!(text, " {k}=\"{v}\"");
         }
         text.push('>');
-        let tag_path = {
+        let tag_path: std::sync::Arc<str> = {
             let base = path(&stack);
             if base.is_empty() {
-                label.clone()
+                std::sync::Arc::from(label.as_str())
             } else {
-                format!("{base}/{label}")
+                std::sync::Arc::from(format!("{base}/{label}").as_str())
             }
         };
         out.push(Token {
-            path: tag_path,
+            path: tag_path.clone(),
             text,
         });
         if !is_void {
@@ -352,7 +351,7 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
                 stack.push(Open {
                     tag: tag.clone(),
                     children: Vec::new(),
-                    label,
+                    path: tag_path,
                 });
                 push_text(&mut out, &stack, raw, &skipping);
                 i = end;
@@ -360,7 +359,7 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
                 stack.push(Open {
                     tag,
                     children: Vec::new(),
-                    label,
+                    path: tag_path,
                 });
             }
         }
@@ -410,9 +409,9 @@ mod tests {
             "{texts:?}"
         );
         let two = t.iter().find(|t| t.text == "two").expect("second p text");
-        assert_eq!(two.path, "html/body/p[2]");
+        assert_eq!(&*two.path, "html/body/p[2]");
         let user = t.iter().find(|t| t.text.contains("user")).expect("input");
-        assert_eq!(user.path, "html/body/form/input");
+        assert_eq!(&*user.path, "html/body/form/input");
         assert!(texts.contains(&"var x = 1;"));
     }
 

@@ -442,7 +442,9 @@ pub fn looks_like_html(headers: &http::HeaderMap, body: &[u8]) -> bool {
 fn diff_html(a: &[html::Token], b: &[html::Token], out: &mut Vec<Difference>) {
     let ta: Vec<&str> = a.iter().map(|t| t.text.as_str()).collect();
     let tb: Vec<&str> = b.iter().map(|t| t.text.as_str()).collect();
-    let ops = similar::capture_diff_slices(similar::Algorithm::Myers, &ta, &tb);
+    let deadline = std::time::Instant::now() + diff::DIFF_DEADLINE;
+    let ops =
+        similar::capture_diff_slices_deadline(similar::Algorithm::Myers, &ta, &tb, Some(deadline));
     for op in ops {
         if out.len() >= diff::MAX_DIFFERENCES {
             return;
