@@ -356,6 +356,9 @@ pub struct Samples {
     /// Addition: regexes whose matches are redacted in samples.
     #[serde(default)]
     pub redact_patterns: Vec<String>,
+    /// Addition: keep (redacted) request bodies in samples; off by default, they hold user data.
+    #[serde(default)]
+    pub keep_request_bodies: bool,
 }
 
 fn default_jsonl_max() -> u64 {
@@ -378,6 +381,7 @@ impl Default for Samples {
             jsonl_max_bytes: default_jsonl_max(),
             redact_pointers: Vec::new(),
             redact_patterns: Vec::new(),
+            keep_request_bodies: false,
         }
     }
 }

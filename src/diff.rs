@@ -230,6 +230,23 @@ pub fn diff_json(
             }
         }
         (Value::Array(a), Value::Array(b)) => {
+            if a.len() == b.len() && a.len() > 1 && a != b {
+                // The same elements in another order: one `order` difference, not one per index.
+                let key = |v: &serde_json::Value| v.to_string();
+                let mut sa: Vec<String> = a.iter().map(key).collect();
+                let mut sb: Vec<String> = b.iter().map(key).collect();
+                sa.sort();
+                sb.sort();
+                if sa == sb {
+                    out.push(Difference {
+                        path: path.to_string(),
+                        kind: DiffKind::Order,
+                        legacy: Some(compact(l)),
+                        candidate: Some(compact(c)),
+                    });
+                    return;
+                }
+            }
             if a.len() != b.len() {
                 out.push(Difference {
                     path: path.to_string(),
@@ -413,6 +430,23 @@ mod tests {
         assert!(got.contains(&("body/list".into(), DiffKind::Size)));
         assert!(got.contains(&("body/x".into(), DiffKind::Type)));
         assert!(got.contains(&("body/y".into(), DiffKind::Extra)));
+    }
+
+    #[test]
+    fn reordered_arrays_are_one_order_difference() {
+        let mut out = Vec::new();
+        diff_json(
+            "body",
+            &serde_json::json!({"t": [1, 2, 3]}),
+            &serde_json::json!({"t": [3, 1, 2]}),
+            &FloatTolerance::default(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].path.as_str(), out[0].kind),
+            ("body/t", DiffKind::Order)
+        );
     }
 
     #[test]

@@ -450,7 +450,7 @@ fn finish(
             .unwrap_or("/");
         let secrets = secrets_of(app, &parts.headers);
         let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let sample = app.redactor.sample(
+        let mut sample = app.redactor.sample(
             &entry.label,
             &format!("{} {pq}", parts.method),
             &parts.headers,
@@ -461,6 +461,13 @@ fn finish(
             &secret_refs,
             crate::stats::now_secs(),
         );
+        if app.config.samples.keep_request_bodies && !request.body.is_empty() {
+            let cut = request.body.len().min(4096);
+            sample.request_body = Some(
+                app.redactor
+                    .text(&String::from_utf8_lossy(&request.body[..cut]), &secret_refs),
+            );
+        }
         if let Some(sink) = &app.samples_sink {
             if !sink.send(sample.clone()) {
                 tracing::debug!("samples file is behind; a sample was not written");

@@ -22,6 +22,9 @@ pub struct Sample {
     pub candidate_status: u16,
     pub differences: Vec<Difference>,
     pub unified_diff: String,
+    /// The request body, only with `samples.keep_request_bodies` (redacted, 4 KiB at most).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
 }
 
 /// What redaction removes.
@@ -55,7 +58,8 @@ impl Redactor {
         })
     }
 
-    fn text(&self, s: &str, secrets: &[&str]) -> String {
+    /// `s` with the secrets and the configured patterns replaced by `[redacted]`.
+    pub fn text(&self, s: &str, secrets: &[&str]) -> String {
         let mut out = s.to_string();
         for secret in secrets {
             if secret.len() >= 4 {
@@ -155,6 +159,7 @@ impl Redactor {
             candidate_status,
             differences,
             unified_diff,
+            request_body: None,
         }
     }
 }

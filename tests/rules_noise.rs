@@ -284,7 +284,12 @@ async fn samples_are_redacted_and_need_the_token() {
         )
     })
     .await;
-    let proxy = cutover(&base_config(&legacy.url(), &candidate.url())).await;
+    // POSTs are mirrored here, so their bodies could reach samples: they must not by default.
+    let config = format!(
+        "{}[defaults]\nmirror_methods = [\"GET\", \"POST\"]\n",
+        base_config(&legacy.url(), &candidate.url())
+    );
+    let proxy = cutover(&config).await;
     get(
         proxy.proxy_addr,
         "/account",
@@ -294,12 +299,14 @@ async fn samples_are_redacted_and_need_the_token() {
         ],
     )
     .await;
-    eventually(Duration::from_secs(5), "a mismatch", || async {
+    let post = "POST /account HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 14\r\n\r\npassword=hunter";
+    raw_request(proxy.proxy_addr, post.as_bytes()).await;
+    eventually(Duration::from_secs(5), "two mismatches", || async {
         metric(
             &scrape(proxy.admin_addr).await,
             "cutover_comparisons_total",
             &[("route", "/account"), ("outcome", "mismatch")],
-        ) == 1.0
+        ) == 2.0
     })
     .await;
     let denied = get(
@@ -325,7 +332,12 @@ async fn samples_are_redacted_and_need_the_token() {
     assert_eq!(ok.status, 200);
     let text = String::from_utf8_lossy(&ok.body);
     assert!(text.contains("candidate"), "{text}");
-    for secret in ["sess1234secret", "c2VjcmV0OnB3", "x-cutover-session"] {
+    for secret in [
+        "sess1234secret",
+        "c2VjcmV0OnB3",
+        "x-cutover-session",
+        "hunter",
+    ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
     assert!(text.contains("[redacted]"));

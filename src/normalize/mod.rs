@@ -678,6 +678,40 @@ mod tests {
     }
 
     #[test]
+    fn headers_as_sets() {
+        let r = rules("[headers]\nas_set=['vary', 'allow']\n");
+        let a = cap(
+            200,
+            &[
+                ("vary", "Cookie, Accept-Encoding"),
+                ("allow", "GET"),
+                ("allow", "POST"),
+            ],
+            "",
+        );
+        let b = cap(
+            200,
+            &[("vary", "Accept-Encoding,Cookie"), ("allow", "POST, GET")],
+            "",
+        );
+        assert!(
+            r.compare(&a, &b).is_match(),
+            "{:?}",
+            r.compare(&a, &b).differences
+        );
+        let c = cap(200, &[("vary", "Cookie")], "");
+        assert!(!r.compare(&a, &c).is_match());
+        assert!(!rules("").compare(&a, &b).is_match());
+    }
+
+    #[test]
+    fn the_shipped_example_rules_parse() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/php-app.toml");
+        RuleSet::load(&path).expect("rules/examples/php-app.toml parses");
+    }
+
+    #[test]
     fn status_equivalence() {
         let r = rules("[status]\nequivalent=[[301,308]]\n");
         assert!(r.compare(&cap(301, &[], ""), &cap(308, &[], "")).is_match());
