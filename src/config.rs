@@ -592,13 +592,7 @@ impl UpstreamUrl {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: name.clone(),
-            line: 0,
-            key: "-".into(),
-            message: format!("cannot read the file: {e}"),
-        })?;
+        let (name, text) = read_file(path)?;
         let base = path
             .parent()
             .map(Path::to_path_buf)
@@ -845,6 +839,20 @@ fn check_rules(
         }
     }
     Ok(())
+}
+
+/// A config or rules file's name (for errors) and text.
+pub fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => Err(ConfigError {
+            file: name,
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read the file: {e}"),
+        }),
+    }
 }
 
 /// 1-based line of a byte offset; 0 for a default value that has no place in the file.

@@ -85,18 +85,24 @@ pub fn normal_quantile(p: f64) -> f64 {
     }
 }
 
-/// One-sided Wilson score upper bound of a proportion `failures / n` at `confidence`.
-pub fn wilson_upper(failures: u64, n: u64, confidence: f64) -> f64 {
-    if n == 0 {
-        return 1.0;
-    }
+/// The Wilson score interval's (centre, half-width, denominator) for `failures / n`.
+fn wilson_terms(failures: u64, n: u64, confidence: f64) -> (f64, f64, f64) {
     let z = normal_quantile(confidence);
     let n = n as f64;
     let p = (failures as f64 / n).min(1.0);
     let z2 = z * z;
     let centre = p + z2 / (2.0 * n);
     let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre + spread) / (1.0 + z2 / n)).min(1.0)
+    (centre, spread, 1.0 + z2 / n)
+}
+
+/// One-sided Wilson score upper bound of a proportion `failures / n` at `confidence`.
+pub fn wilson_upper(failures: u64, n: u64, confidence: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let (centre, spread, denom) = wilson_terms(failures, n, confidence);
+    ((centre + spread) / denom).min(1.0)
 }
 
 /// One-sided Wilson score lower bound: the rate is above this at `confidence` (0 with no data).
@@ -104,13 +110,8 @@ pub fn wilson_lower(failures: u64, n: u64, confidence: f64) -> f64 {
     if n == 0 {
         return 0.0;
     }
-    let z = normal_quantile(confidence);
-    let n = n as f64;
-    let p = (failures as f64 / n).min(1.0);
-    let z2 = z * z;
-    let centre = p + z2 / (2.0 * n);
-    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+    let (centre, spread, denom) = wilson_terms(failures, n, confidence);
+    ((centre - spread) / denom).max(0.0)
 }
 
 /// Whether a promoted route should go back to shadow: confident (at `confidence`) that its

@@ -115,13 +115,7 @@ pub struct RuleSet {
 impl RuleSet {
     /// Reads and checks a rules file.
     pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: name.clone(),
-            line: 0,
-            key: "-".into(),
-            message: format!("cannot read the file: {e}"),
-        })?;
+        let (name, text) = crate::config::read_file(path)?;
         RuleSet::parse(&text, &name)
     }
 
