@@ -580,3 +580,49 @@ async fn a_dead_or_hanging_store_never_holds_the_client() {
     }
     assert_eq!(candidate.count(), 0, "no comparison without the session");
 }
+
+#[tokio::test]
+async fn a_garbage_session_is_counted_and_sent_empty() {
+    session_env();
+    let dir = tempdir("files-garbage");
+    std::fs::write(
+        dir.join("sess_garbage00001"),
+        b"user_id|i:notanumber;\xff\xfe{{{",
+    )
+    .expect("write");
+    let legacy = Origin::start(|_r| async move {
+        respond(200, &[("content-type", "text/plain")], "php answered")
+    })
+    .await;
+    let candidate = rust_candidate().await;
+    let store = format!("[session.files]\npath = \"{}\"", dir.display());
+    let proxy = cutover(&session_config(&legacy.url(), &candidate.url(), &store)).await;
+    let r = get(
+        proxy.proxy_addr,
+        "/whoami",
+        &[("Cookie", "PHPSESSID=garbage00001")],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"php answered"[..]));
+    eventually(Duration::from_secs(5), "the mirror", || async {
+        candidate.count() == 1
+    })
+    .await;
+    let seen = verified(&candidate.requests()[0]).expect("a valid header all the same");
+    assert_eq!(
+        seen.data,
+        serde_json::json!({}),
+        "PHP would start it empty; so does the snapshot"
+    );
+    assert_eq!(seen.raw, b"user_id|i:notanumber;\xff\xfe{{{");
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        metric(
+            &m,
+            "cutover_session_resolutions_total",
+            &[("store", "files"), ("outcome", "undecodable")]
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+}
