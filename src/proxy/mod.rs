@@ -766,15 +766,7 @@ async fn serve_shadow(
             entry.stats.legacy_duration.observe(elapsed.as_secs_f64());
             let (parts_out, body) = upstream_response(resp);
             entry.stats.request(mode, parts_out.status.as_u16(), true);
-            let (cap_tx, cap_rx) = oneshot::channel();
-            let _ = head_tx.send(LegacyHead {
-                status: parts_out.status,
-                headers: parts_out.headers.clone(),
-                elapsed,
-                capture: cap_rx,
-            });
-            let tee = TeeBody::new(body, entry.max_body_bytes, cap_tx);
-            Response::from_parts(parts_out, body::boxed(tee))
+            tee_to_exchange(head_tx, parts_out, body, elapsed, entry.max_body_bytes)
         }
         Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
     }
@@ -803,6 +795,25 @@ async fn resolve_session(
         crate::session::resolve::Resolution::Header(h) => Ok(Some(h)),
         crate::session::resolve::Resolution::Failed => Err(()),
     }
+}
+
+/// Streams the served response to the client while handing its head, and a capture of its
+/// body (up to `cap`), to the waiting exchange.
+fn tee_to_exchange(
+    head_tx: oneshot::Sender<LegacyHead>,
+    parts_out: http::response::Parts,
+    body: Incoming,
+    elapsed: Duration,
+    cap: usize,
+) -> Response<ProxyBody> {
+    let (cap_tx, cap_rx) = oneshot::channel();
+    let _ = head_tx.send(LegacyHead {
+        status: parts_out.status,
+        headers: parts_out.headers.clone(),
+        elapsed,
+        capture: cap_rx,
+    });
+    Response::from_parts(parts_out, body::boxed(TeeBody::new(body, cap, cap_tx)))
 }
 
 /// Safe methods may be retried on the legacy app when the candidate cannot answer.
@@ -884,17 +895,7 @@ async fn serve_candidate(
                 "promoted",
             );
             match head_tx {
-                Some(tx) => {
-                    let (cap_tx, cap_rx) = oneshot::channel();
-                    let _ = tx.send(LegacyHead {
-                        status: parts_out.status,
-                        headers: parts_out.headers.clone(),
-                        elapsed,
-                        capture: cap_rx,
-                    });
-                    let tee = TeeBody::new(body, entry.max_body_bytes, cap_tx);
-                    Response::from_parts(parts_out, body::boxed(tee))
-                }
+                Some(tx) => tee_to_exchange(tx, parts_out, body, elapsed, entry.max_body_bytes),
                 None => Response::from_parts(parts_out, body::boxed(body)),
             }
         }
