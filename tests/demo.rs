@@ -128,3 +128,51 @@ fn the_dashboard_in_tmux() {
         "the dashboard is gone: {after}"
     );
 }
+
+#[test]
+fn sigterm_restores_the_terminal() {
+    common::require_tool("tmux", "apt-get install tmux");
+    let name = format!("cutover-term-{}", std::process::id());
+    let _session = Session(name.clone());
+    let cmd = format!(
+        "{} demo & echo PID=$!; wait $!; echo DEMO_EXITED $?; sleep 60",
+        env!("CARGO_BIN_EXE_cutover")
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &name,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    wait_screen(&name, "/products/{id}", Duration::from_secs(20));
+    // The demo runs in the background of the pane's shell; find it among the shell's children.
+    let shell = tmux(&["display-message", "-p", "-t", &name, "#{pane_pid}"])
+        .trim()
+        .to_string();
+    let children = Command::new("pgrep")
+        .args(["-P", &shell])
+        .output()
+        .expect("pgrep");
+    let pid = String::from_utf8_lossy(&children.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+        .expect("the demo's pid");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let after = wait_screen(&name, "DEMO_EXITED", Duration::from_secs(5));
+    assert!(after.contains("DEMO_EXITED 0"), "{after}");
+    assert_eq!(
+        tmux(&["display-message", "-p", "-t", &name, "#{alternate_on}"]).trim(),
+        "0",
+        "alternate screen left"
+    );
+}

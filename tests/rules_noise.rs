@@ -490,3 +490,79 @@ fn cutover_diff_on_saved_responses() {
     let (code, _, err) = cutover_bin(&["diff", &p("legacy.http"), &p("nope.http")]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_a_running_proxy() {
+    let legacy = Origin::start(|_r| async move {
+        respond(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"a":1,"t":1}"#,
+        )
+    })
+    .await;
+    let candidate = Origin::start(|_r| async move {
+        respond(
+            200,
+            &[("content-type", "application/json")],
+            r#"{"a":1,"t":2}"#,
+        )
+    })
+    .await;
+    let dir = tempdir("sighup");
+    let rules = dir.join("app.toml");
+    std::fs::write(&rules, "[json]\nignore = []\n").expect("rules");
+    let (proxy_addr, admin_addr) = (dead_addr(), dead_addr());
+    let config = base_config(&legacy.url(), &candidate.url())
+        .replace("127.0.0.1:0\"\nadmin", &format!("{proxy_addr}\"\nadmin"))
+        .replace(
+            "admin = \"127.0.0.1:0\"",
+            &format!("admin = \"{admin_addr}\""),
+        );
+    std::fs::write(
+        dir.join("cutover.toml"),
+        format!("{config}[defaults]\nrules = [\"app.toml\"]\n"),
+    )
+    .expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["proxy", "--config"])
+        .arg(dir.join("cutover.toml"))
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cutover starts");
+    wait_port(admin_addr, Duration::from_secs(10)).await;
+    let count = |outcome: &'static str| async move {
+        metric(
+            &scrape(admin_addr).await,
+            "cutover_comparisons_total",
+            &[("route", "/x"), ("outcome", outcome)],
+        )
+    };
+    get(proxy_addr, "/x", &[]).await;
+    eventually(
+        Duration::from_secs(5),
+        "a mismatch before the rule",
+        || async { count("mismatch").await == 1.0 },
+    )
+    .await;
+    std::fs::write(&rules, "[json]\nignore = ['/t']\n").expect("rules");
+    let pid = child.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    eventually(Duration::from_secs(5), "the reload event", || async {
+        api(admin_addr, "/api/events").await["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x["kind"] == "reload"))
+    })
+    .await;
+    get(proxy_addr, "/x", &[]).await;
+    eventually(Duration::from_secs(5), "a match after SIGHUP", || async {
+        count("match").await == 1.0
+    })
+    .await;
+    let _ = child.kill().await;
+}
