@@ -609,3 +609,99 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+/// An HTTPS origin with a self-signed certificate for `localhost`; returns its port and the PEM.
+async fn https_origin() -> (u16, String) {
+    use tokio_rustls::rustls;
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let pem = ck.cert.pem();
+    let cert = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        Ok::<_, std::convert::Infallible>(respond(
+                            200,
+                            &[("x-tls", "yes")],
+                            format!("secure hello for {host}"),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, pem)
+}
+
+#[tokio::test]
+async fn https_upstreams_with_a_ca_file() {
+    let (port, pem) = https_origin().await;
+    let dir = std::env::temp_dir().join(format!("cutover-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, pem).expect("ca");
+    let legacy = format!("https://localhost:{port}");
+    let trusted = format!(
+        "{}ca_file = \"{}\"\n",
+        base_config(&legacy, &legacy),
+        ca.display()
+    );
+    let proxy = cutover(&trusted).await;
+    let r = get(proxy.proxy_addr, "/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-tls"), Some("yes"));
+    assert!(
+        String::from_utf8_lossy(&r.body).starts_with("secure hello for 127.0.0.1:"),
+        "the client's Host is passed through TLS too"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the mirror over TLS matches",
+        || async {
+            metric(
+                &scrape(proxy.admin_addr).await,
+                "cutover_comparisons_total",
+                &[("route", "/x"), ("outcome", "match")],
+            ) == 1.0
+        },
+    )
+    .await;
+    proxy.shutdown().await;
+    // Without the CA file the certificate is not trusted: a 502, counted, no crash.
+    let untrusted = cutover(&base_config(&legacy, &legacy)).await;
+    let r = get(untrusted.proxy_addr, "/x", &[]).await;
+    assert_eq!(r.status, 502);
+    untrusted.shutdown().await;
+}
