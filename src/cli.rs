@@ -627,7 +627,10 @@ pub fn run(cli: Cli) -> u8 {
             };
             // With --tui the dashboard owns the terminal: no log lines on it.
             let _guard = if tui { None } else { init_logging() };
+            // Requests run on the proxy's own worker threads (one per core); this runtime only
+            // carries the admin API, the state poller and auto-rollback.
             let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
             {
