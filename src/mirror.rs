@@ -9,7 +9,7 @@ use crate::proxy::table::{RouteEntry, MAX_DIFF_FIELDS};
 use crate::proxy::{access_log, App};
 use crate::stats::{DropReason, Outcome, Side};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use std::io::Read;
 use std::sync::Arc;
@@ -107,12 +107,6 @@ async fn call_upstream(
     request: &ShadowRequest,
     target: Target,
 ) -> CandidateResult {
-    let pq = request
-        .parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
     let url = match target {
         Target::Candidate => entry.candidate.as_ref(),
         Target::Twin => match &app.twin {
@@ -121,14 +115,14 @@ async fn call_upstream(
         },
         Target::Legacy => &app.legacy,
     };
-    let uri = match url.join(pq) {
-        Ok(u) => u,
+    let mut req = match crate::proxy::forward_request(
+        url,
+        &request.parts,
+        body::full(request.body.clone()),
+    ) {
+        Ok(r) => r,
         Err(e) => return CandidateResult::Failed(e.to_string()),
     };
-    let mut req = Request::new(body::full(request.body.clone()));
-    *req.method_mut() = request.parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = request.parts.headers.clone();
     if target == Target::Candidate {
         req.headers_mut()
             .insert("x-cutover-shadow", HeaderValue::from_static("1"));
@@ -190,14 +184,6 @@ async fn legacy_capture(
     }
 }
 
-/// Safe methods are the only ones sent to the twin: it is a live copy of the legacy app.
-fn is_safe(m: &http::Method) -> bool {
-    matches!(
-        *m,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    )
-}
-
 async fn exchange(
     app: &App,
     entry: &Arc<RouteEntry>,
@@ -208,7 +194,8 @@ async fn exchange(
         Ok(p) => p,
         Err(_) => return,
     };
-    let use_twin = app.twin.is_some() && is_safe(&request.parts.method) && !request.reverse;
+    let use_twin =
+        app.twin.is_some() && crate::proxy::is_safe(&request.parts.method) && !request.reverse;
     let other = if request.reverse {
         Target::Legacy
     } else {

@@ -570,6 +570,10 @@ pub async fn handle(
     upstream::strip_cutover_headers(&mut parts.headers);
     upstream::add_forwarded(&mut parts.headers, remote);
     let mode = entry.mode();
+    if mode == Mode::Legacy {
+        return serve_plain(&app, &entry, mode, parts, body::boxed(body), started).await;
+    }
+    // Only the mirrored and promoted paths need the session cookie (sampling, the snapshot).
     let session = session_id_of(&parts.headers, &app.session_cookie);
     match mode {
         Mode::Legacy => serve_plain(&app, &entry, mode, parts, body::boxed(body), started).await,
@@ -597,14 +601,20 @@ pub async fn handle(
 
 /// Bytes of a request head as it came over the wire (request line, headers, line ends).
 fn head_size(parts: &http::request::Parts) -> usize {
-    let line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    // The request-target as sent: path and query, plus scheme and authority in absolute form
+    // (measured without formatting the URI: this runs for every request).
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| {
+            a.as_str().len() + parts.uri.scheme_str().map_or(0, |s| s.len() + 3)
+        });
+    let line = parts.method.as_str().len() + target + 12;
     parts
         .headers
         .iter()
         .fold(line + 2, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-fn forward_request(
+pub(crate) fn forward_request(
     url: &UpstreamUrl,
     parts: &http::request::Parts,
     body: ProxyBody,
@@ -817,7 +827,7 @@ fn tee_to_exchange(
 }
 
 /// Safe methods may be retried on the legacy app when the candidate cannot answer.
-fn is_safe(m: &Method) -> bool {
+pub(crate) fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
