@@ -503,7 +503,12 @@ fn init_logging() -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go through a non-blocking writer: a slow stderr must not stall the IO threads.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // 16k lines in the queue (the default, 128k, is 4 MB allocated up front); past that,
+    // lines are dropped rather than blocking a worker.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(16 * 1024)
+        .lossy(true)
+        .finish(std::io::stderr());
     let ok = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)

@@ -93,6 +93,14 @@ pub struct Upstreams {
     /// Extra PEM file of CA certificates trusted for `https://` upstreams (system roots always are).
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
+    /// Connections open to each upstream at once, per proxy (spread over its workers); more
+    /// requests wait for one (an addition to the contract).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<usize>,
+}
+
+fn default_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -576,16 +584,23 @@ impl UpstreamUrl {
         })
     }
 
-    /// The URI of a request to this upstream for `path_and_query` of the client's request.
-    pub fn join(&self, path_and_query: &str) -> Result<http::Uri, http::Error> {
-        let mut pq = String::with_capacity(self.base_path.len() + path_and_query.len());
-        pq.push_str(&self.base_path);
-        pq.push_str(path_and_query);
-        http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+    /// The origin-form URI (path and query) of a request to this upstream, for the path and
+    /// query of the client's request: the upstream's base path, if any, goes in front.
+    pub fn origin_form(
+        &self,
+        path_and_query: Option<&http::uri::PathAndQuery>,
+    ) -> Result<http::Uri, http::Error> {
+        match path_and_query {
+            // The common case: the client's path as it came, without copying it.
+            Some(pq) if self.base_path.is_empty() => Ok(http::Uri::from(pq.clone())),
+            pq => {
+                let pq = pq.map_or("/", |p| p.as_str());
+                let mut joined = String::with_capacity(self.base_path.len() + pq.len());
+                joined.push_str(&self.base_path);
+                joined.push_str(pq);
+                Ok(http::Uri::try_from(joined)?)
+            }
+        }
     }
 }
 
@@ -637,6 +652,15 @@ impl Config {
     }
 
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let max_conns = &self.upstreams.max_connections;
+        if *max_conns.get_ref() == 0 {
+            return self.err(
+                text,
+                max_conns.span(),
+                "upstreams.max_connections",
+                "must be at least 1".to_string(),
+            );
+        }
         for (key, addr) in [
             ("listen.proxy", &self.listen.proxy),
             ("listen.admin", &self.listen.admin),

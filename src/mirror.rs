@@ -60,6 +60,42 @@ pub struct ShadowRequest {
     pub reverse: bool,
 }
 
+impl ShadowRequest {
+    /// The same request in memory of its own. What hyper parses (URI, header values, a small
+    /// body) are slices of the connection's read buffer: an exchange waiting for a slow
+    /// candidate would hold the whole buffer, per request, for as long as it waits.
+    fn detached(self) -> ShadowRequest {
+        let ShadowRequest {
+            mut parts,
+            body,
+            session_header,
+            reverse,
+        } = self;
+        if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+            parts.uri = uri;
+        }
+        parts.headers = detached_headers(&parts.headers);
+        ShadowRequest {
+            parts,
+            body: Bytes::copy_from_slice(&body),
+            session_header,
+            reverse,
+        }
+    }
+}
+
+/// A copy of `headers` whose values own their bytes (see [`ShadowRequest::detached`]).
+fn detached_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if let Ok(mut v) = HeaderValue::from_bytes(value.as_bytes()) {
+            v.set_sensitive(value.is_sensitive());
+            out.append(name.clone(), v);
+        }
+    }
+    out
+}
+
 /// What the candidate did.
 enum CandidateResult {
     Answered(Captured, Duration),
@@ -86,7 +122,7 @@ pub fn spawn_exchange(
         app.metrics.shadow_in_flight.inc();
         let _gauge = InFlight(&app.metrics.shadow_in_flight);
         let _slot = slot;
-        exchange(&app, &entry, request, head).await;
+        exchange(&app, &entry, request.detached(), head).await;
     });
 }
 
@@ -135,7 +171,7 @@ async fn call_upstream(
     let call = async {
         let resp = app
             .client()
-            .request(req)
+            .send(url, req)
             .await
             .map_err(|e| format!("{e:?}"))?;
         let elapsed = started.elapsed();
@@ -174,8 +210,10 @@ async fn legacy_capture(
         Capture::Complete(chunks) => Ok((
             Captured {
                 status: head.status.as_u16(),
-                headers: head.headers,
-                body: body::concat(chunks),
+                // Owned copies: the upstream's read buffer is not held while the candidate is
+                // waited for.
+                headers: detached_headers(&head.headers),
+                body: body::concat_owned(chunks),
             },
             head.elapsed,
         )),
@@ -190,10 +228,6 @@ async fn exchange(
     request: ShadowRequest,
     head: oneshot::Receiver<LegacyHead>,
 ) {
-    let _running = match app.dispatcher.running.clone().acquire_owned().await {
-        Ok(p) => p,
-        Err(_) => return,
-    };
     let use_twin =
         app.twin.is_some() && crate::proxy::is_safe(&request.parts.method) && !request.reverse;
     let other = if request.reverse {
@@ -201,18 +235,28 @@ async fn exchange(
     } else {
         Target::Candidate
     };
-    let twin_call = async {
-        if use_twin {
-            Some(call_upstream(app, entry, &request, Target::Twin).await)
-        } else {
-            None
-        }
+    // The legacy side is taken in (and copied) while this exchange may still be queued for
+    // a slot, so a queue behind a slow candidate holds no upstream buffers.
+    let calls = async {
+        let permit = app.dispatcher.running.clone().acquire_owned().await.ok()?;
+        // Boxed: only running exchanges need the calls' state; a queued one stays small.
+        let (other_side, twin) = Box::pin(async {
+            let twin_call = async {
+                if use_twin {
+                    Some(call_upstream(app, entry, &request, Target::Twin).await)
+                } else {
+                    None
+                }
+            };
+            tokio::join!(call_upstream(app, entry, &request, other), twin_call)
+        })
+        .await;
+        Some((permit, other_side, twin))
     };
-    let (other_side, served, twin) = tokio::join!(
-        call_upstream(app, entry, &request, other),
-        legacy_capture(head),
-        twin_call
-    );
+    let (calls, served) = tokio::join!(calls, legacy_capture(head));
+    let Some((_running, other_side, twin)) = calls else {
+        return;
+    };
     let (candidate, legacy) = if request.reverse {
         // The client got the candidate's answer; the legacy app answered the mirror.
         let candidate = match served {

@@ -84,6 +84,17 @@ fn mistakes() -> Vec<(
             "upstreams.candidate",
         ),
         (
+            "no upstream connections allowed",
+            GOOD.replace(
+                "candidate = \"http://127.0.0.1:8082\"",
+                "candidate = \"http://127.0.0.1:8082\"\nmax_connections = 0",
+            ),
+            "",
+            "cutover.toml",
+            9,
+            "upstreams.max_connections",
+        ),
+        (
             "bad listen address",
             GOOD.replace("127.0.0.1:19090", "localhost-9090"),
             "",

@@ -705,3 +705,131 @@ async fn https_upstreams_with_a_ca_file() {
     assert_eq!(r.status, 502);
     untrusted.shutdown().await;
 }
+
+/// An origin that answers after `delay` and counts its connections: accepted in all, and the
+/// most open at once.
+struct CountingOrigin {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most_open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn counting_origin(delay: Duration) -> CountingOrigin {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let most_open = Arc::new(AtomicUsize::new(0));
+    let (a, o, m) = (accepted.clone(), open.clone(), most_open.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            a.fetch_add(1, Ordering::SeqCst);
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"counted\n")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    CountingOrigin {
+        addr,
+        accepted,
+        most_open,
+    }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_capped_reused_and_waited_for() {
+    use std::sync::atomic::Ordering;
+    let origin = counting_origin(Duration::from_millis(40)).await;
+    let url = format!("http://{}", origin.addr);
+    let config = format!(
+        "{}max_connections = 4\n[defaults]\nmode = \"legacy\"\n",
+        base_config(&url, &url)
+    );
+    let proxy = cutover(&config).await;
+    // 40 clients at once, each on its own connection: they share at most 4 upstream ones.
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = proxy.proxy_addr;
+            tokio::spawn(async move { get(addr, &format!("/n/{i}"), &[]).await })
+        })
+        .collect();
+    for c in clients {
+        let r = c.await.expect("client task");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"counted\n");
+    }
+    let most = origin.most_open.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&most),
+        "{most} upstream connections open at once"
+    );
+    let accepted = origin.accepted.load(Ordering::SeqCst);
+    assert!(accepted <= 4, "{accepted} upstream connections made");
+    // One after another: the pooled connections are reused, none is added.
+    for _ in 0..10 {
+        assert_eq!(get(proxy.proxy_addr, "/again", &[]).await.status, 200);
+    }
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), accepted);
+    let open_now: usize = proxy.app.client().open_to(&proxy.app.legacy);
+    assert!(open_now <= 4, "{open_now}");
+}
+
+#[tokio::test]
+async fn pooled_connections_closed_by_the_upstream_are_replaced() {
+    // An origin that closes every connection after one answer, without saying so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nonce\n")
+                    .await;
+                // Closing after the answer: the proxy's pooled connection is now dead.
+            });
+        }
+    });
+    let url = format!("http://{addr}");
+    let config = format!(
+        "{}max_connections = 1\n[defaults]\nmode = \"legacy\"\n",
+        base_config(&url, &url)
+    );
+    let proxy = cutover(&config).await;
+    for i in 0..20 {
+        let r = get(proxy.proxy_addr, "/x", &[]).await;
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, b"once\n");
+    }
+}

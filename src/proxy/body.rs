@@ -185,6 +185,14 @@ where
 }
 
 /// Concatenates chunks, without copying when there is only one.
+/// The chunks as one `Bytes` of its own memory, never a slice of a larger buffer.
+pub fn concat_owned(chunks: Vec<Bytes>) -> Bytes {
+    match chunks.len() {
+        1 => Bytes::copy_from_slice(&chunks[0]),
+        _ => concat(chunks),
+    }
+}
+
 pub fn concat(chunks: Vec<Bytes>) -> Bytes {
     match chunks.len() {
         0 => Bytes::new(),

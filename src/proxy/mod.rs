@@ -4,6 +4,7 @@
 //! [`crate::mirror`] without ever waiting for it.
 
 pub mod body;
+pub mod pool;
 pub mod table;
 pub mod upstream;
 
@@ -17,6 +18,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use pool::{UpstreamBody, UpstreamError};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,8 +88,8 @@ impl App {
             .ca_file
             .as_ref()
             .map(|c| config.resolve(c.get_ref()));
-        let pool = config.mirror.concurrency.max(64);
-        let client = upstream::client(ca.as_deref(), pool).map_err(StartError::Setup)?;
+        let client =
+            upstream::client(ca.as_deref(), pool_limits(&config, 1)).map_err(StartError::Setup)?;
         let routes = RouteTable::build(&config, &metrics).map_err(StartError::Setup)?;
         let s = &config.samples;
         let redactor = crate::samples::Redactor::new(
@@ -356,6 +358,21 @@ impl App {
     }
 }
 
+/// The connection limits of one of `workers` pools: `upstreams.max_connections` spread over
+/// them (rounded up), as many kept idle, idle ones closed after a minute.
+fn pool_limits(config: &Config, workers: usize) -> pool::Limits {
+    let max_open = config
+        .upstreams
+        .max_connections
+        .get_ref()
+        .div_ceil(workers.max(1));
+    pool::Limits {
+        max_open,
+        max_idle: max_open,
+        idle_timeout: Duration::from_secs(60),
+    }
+}
+
 /// A worker: a thread with its own single-threaded runtime, listener and upstream client
 /// (thread per core, as nginx runs a process per core). It returns after a graceful shutdown.
 fn spawn_worker(
@@ -385,7 +402,8 @@ fn spawn_worker(
                     .ca_file
                     .as_ref()
                     .map(|c| app.config.resolve(c.get_ref()));
-                match upstream::client(ca.as_deref(), app.config.mirror.concurrency.max(64)) {
+                let limits = pool_limits(&app.config, app.worker_count());
+                match upstream::client(ca.as_deref(), limits) {
                     Ok(c) => WORKER_CLIENT.with(|w| *w.borrow_mut() = Some(c)),
                     Err(e) => tracing::warn!(error = %e, "worker client; using the shared one"),
                 }
@@ -453,7 +471,7 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
-fn upstream_response(resp: Response<Incoming>) -> (http::response::Parts, Incoming) {
+fn upstream_response(resp: Response<UpstreamBody>) -> (http::response::Parts, UpstreamBody) {
     let (mut parts, body) = resp.into_parts();
     upstream::strip_hop_by_hop(&mut parts.headers);
     (parts, body)
@@ -619,14 +637,9 @@ pub(crate) fn forward_request(
     parts: &http::request::Parts,
     body: ProxyBody,
 ) -> Result<Request<ProxyBody>, http::Error> {
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = url.join(pq)?;
+    *req.uri_mut() = url.origin_form(parts.uri.path_and_query())?;
     *req.headers_mut() = parts.headers.clone();
     Ok(req)
 }
@@ -641,7 +654,7 @@ async fn serve_plain(
     started: Instant,
 ) -> Response<ProxyBody> {
     let resp = match forward_request(&app.legacy, &parts, body) {
-        Ok(req) => app.client().request(req).await,
+        Ok(req) => app.client().send(&app.legacy, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
             return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
@@ -674,7 +687,7 @@ fn legacy_failed(
     entry: &RouteEntry,
     mode: Mode,
     parts: &http::request::Parts,
-    e: hyper_util::client::legacy::Error,
+    e: UpstreamError,
     elapsed: Duration,
 ) -> Response<ProxyBody> {
     warn!(route = %entry.label, error = %e, "legacy upstream failed");
@@ -764,7 +777,7 @@ async fn serve_shadow(
         head_rx,
     );
     let resp = match forward_request(&app.legacy, &parts, body::full(bytes)) {
-        Ok(req) => app.client().request(req).await,
+        Ok(req) => app.client().send(&app.legacy, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
             return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
@@ -812,7 +825,7 @@ async fn resolve_session(
 fn tee_to_exchange(
     head_tx: oneshot::Sender<LegacyHead>,
     parts_out: http::response::Parts,
-    body: Incoming,
+    body: UpstreamBody,
     elapsed: Duration,
     cap: usize,
 ) -> Response<ProxyBody> {
@@ -881,7 +894,11 @@ async fn serve_candidate(
         );
         tx
     });
-    let result = tokio::time::timeout(entry.candidate_timeout, app.client().request(req)).await;
+    let result = tokio::time::timeout(
+        entry.candidate_timeout,
+        app.client().send(&entry.candidate, req),
+    )
+    .await;
     let elapsed = started.elapsed();
     match result {
         Ok(Ok(resp)) => {

@@ -1,21 +1,25 @@
-//! Upstream clients and the headers that cross the proxy: one pooled hyper-util client (plain
-//! HTTP and rustls HTTPS, system roots plus an optional CA file), hop-by-hop header removal in
-//! both directions, `x-cutover-*` stripping, and the `X-Forwarded-*` headers.
+//! Upstream connections and the headers that cross the proxy: the connector and pool of
+//! upstream connections (plain HTTP and rustls HTTPS, system roots plus an optional CA file),
+//! hop-by-hop header removal in both directions, `x-cutover-*` stripping, and the `X-Forwarded-*` headers.
 
-use super::body::ProxyBody;
+use super::pool::Limits;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+pub type UpstreamClient = super::pool::Pool;
 
-/// Builds the shared upstream client. `ca_file`: extra PEM roots for `https://` upstreams.
-pub fn client(ca_file: Option<&Path>, max_idle_per_host: usize) -> Result<UpstreamClient, String> {
+/// Builds an upstream connection pool. `ca_file`: extra PEM roots for `https://` upstreams.
+pub fn client(ca_file: Option<&Path>, limits: Limits) -> Result<UpstreamClient, String> {
+    Ok(super::pool::Pool::new(connector(ca_file)?, limits))
+}
+
+/// The connector upstream connections are made with: TCP (no Nagle, keep-alive probes, a 5 s
+/// connect timeout), then TLS for `https://` (system roots plus `ca_file`).
+pub fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -47,17 +51,11 @@ pub fn client(ca_file: Option<&Path>, max_idle_per_host: usize) -> Result<Upstre
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(max_idle_per_host)
-        .build(https))
+        .wrap_connector(http))
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1) and are never forwarded.

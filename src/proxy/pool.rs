@@ -1,0 +1,387 @@
+//! Upstream connections. Each worker thread has its own pool of HTTP/1.1 connections (plain or
+//! TLS) to every upstream: reused newest first, at most `max_open` open to one upstream — a
+//! request beyond that waits, first come first served, for one to come back — and given back
+//! when the response body ends. Per worker, so a request, its upstream connection and the
+//! connection's task stay on one thread and one runtime; capped, so a thousand clients do not
+//! become a thousand upstream connections (nginx's `max_conns`, PHP-FPM's `max_children`).
+
+use super::body::{BoxError, ProxyBody};
+use crate::config::UpstreamUrl;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+/// Why an upstream request failed, and on which step.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect { authority: String, source: BoxError },
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// True when no connection could be made (nothing reached the upstream).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+}
+
+/// How many connections a pool keeps, per upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections (busy, idle or connecting) to one upstream.
+    pub max_open: usize,
+    /// Idle connections kept for reuse.
+    pub max_idle: usize,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+}
+
+/// A connection pool; cheap to clone (clones share the connections).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: HttpsConnector<HttpConnector>,
+    limits: Limits,
+    /// One entry per upstream ever used; never removed (a proxy has a handful of upstreams),
+    /// so an index names an upstream for the life of the pool.
+    hosts: Mutex<Vec<Host>>,
+}
+
+struct Host {
+    scheme: Scheme,
+    authority: Authority,
+    /// Newest at the back.
+    idle: VecDeque<Idle>,
+    open: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+struct Idle {
+    conn: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// What a waiting request is handed: a connection, or the right to open one.
+enum Grant {
+    Conn(SendRequest<ProxyBody>),
+    Connect(ConnectSlot),
+}
+
+enum Checkout {
+    Reuse(SendRequest<ProxyBody>),
+    Connect(ConnectSlot),
+    Wait(oneshot::Receiver<Grant>),
+}
+
+/// One counted place in `Host::open` that has no connection task yet. Dropped unused (the
+/// connect failed, the request went away), it frees the place for the next waiter.
+struct ConnectSlot {
+    inner: Arc<Inner>,
+    host: usize,
+    armed: bool,
+}
+
+impl Drop for ConnectSlot {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.inner.release(self.host);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(connector: HttpsConnector<HttpConnector>, limits: Limits) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                connector,
+                limits: Limits {
+                    max_open: limits.max_open.max(1),
+                    max_idle: limits.max_idle.max(1),
+                    idle_timeout: limits.idle_timeout,
+                },
+                hosts: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Sends `req` (origin-form URI: path and query) to `url`'s host and returns the response
+    /// head; the body gives the connection back when it ends. A request that finds a pooled
+    /// connection closed under it, before anything was written, is retried on another.
+    pub async fn send(
+        &self,
+        url: &UpstreamUrl,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(url.authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        let host = self.inner.host_index(url);
+        loop {
+            let (mut conn, reused) = match self.inner.checkout(host) {
+                Checkout::Reuse(c) => (c, true),
+                Checkout::Connect(slot) => (self.inner.connect(url, slot).await?, false),
+                Checkout::Wait(rx) => match rx.await {
+                    Ok(Grant::Conn(c)) => (c, true),
+                    Ok(Grant::Connect(slot)) => (self.inner.connect(url, slot).await?, false),
+                    Err(_) => continue,
+                },
+            };
+            if reused && conn.ready().await.is_err() {
+                // Closed while idle (the upstream's keep-alive timeout): its task frees the place.
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = UpstreamBody::new(body, self.inner.clone(), host, conn);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Nothing was written: safe to send again, whatever the method.
+                    Some(back) if reused => req = back,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Connections open to `url` now (busy, idle or connecting).
+    pub fn open_to(&self, url: &UpstreamUrl) -> usize {
+        let hosts = self.inner.hosts();
+        hosts
+            .iter()
+            .find(|h| h.scheme == url.scheme && h.authority == url.authority)
+            .map_or(0, |h| h.open)
+    }
+}
+
+impl Inner {
+    fn hosts(&self) -> MutexGuard<'_, Vec<Host>> {
+        match self.hosts.lock() {
+            Ok(h) => h,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn host_index(&self, url: &UpstreamUrl) -> usize {
+        let mut hosts = self.hosts();
+        if let Some(i) = hosts
+            .iter()
+            .position(|h| h.scheme == url.scheme && h.authority == url.authority)
+        {
+            return i;
+        }
+        hosts.push(Host {
+            scheme: url.scheme.clone(),
+            authority: url.authority.clone(),
+            idle: VecDeque::new(),
+            open: 0,
+            waiters: VecDeque::new(),
+        });
+        hosts.len() - 1
+    }
+
+    fn checkout(self: &Arc<Self>, h: usize) -> Checkout {
+        let mut hosts = self.hosts();
+        let host = &mut hosts[h];
+        let now = Instant::now();
+        while let Some(idle) = host.idle.pop_back() {
+            // Dropping a stale one closes it; its task then frees its place.
+            if !idle.conn.is_closed() && now.duration_since(idle.since) < self.limits.idle_timeout {
+                return Checkout::Reuse(idle.conn);
+            }
+        }
+        if host.open < self.limits.max_open {
+            host.open += 1;
+            return Checkout::Connect(ConnectSlot {
+                inner: self.clone(),
+                host: h,
+                armed: true,
+            });
+        }
+        // Requests that stopped waiting (timed out, client gone) are the oldest: drop them
+        // here, or under a hung upstream the queue would grow with every timeout.
+        while host.waiters.front().is_some_and(|w| w.is_closed()) {
+            host.waiters.pop_front();
+        }
+        let (tx, rx) = oneshot::channel();
+        host.waiters.push_back(tx);
+        Checkout::Wait(rx)
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        url: &UpstreamUrl,
+        mut slot: ConnectSlot,
+    ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+        let failed = |source: BoxError| UpstreamError::Connect {
+            authority: url.authority.to_string(),
+            source,
+        };
+        let uri = Uri::builder()
+            .scheme(url.scheme.clone())
+            .authority(url.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| failed(e.into()))?;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(failed)?;
+        let io = connector.call(uri).await.map_err(failed)?;
+        let (conn, task) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| failed(e.into()))?;
+        // From here the connection task holds the place and frees it when the connection ends.
+        slot.armed = false;
+        let inner = self.clone();
+        let host = slot.host;
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+            inner.release(host);
+        });
+        Ok(conn)
+    }
+
+    /// A connection ended or a connect was abandoned: its place goes to the first request still
+    /// waiting, or back to the count.
+    fn release(self: &Arc<Self>, h: usize) {
+        let mut hosts = self.hosts();
+        let host = &mut hosts[h];
+        while let Some(waiter) = host.waiters.pop_front() {
+            let slot = ConnectSlot {
+                inner: self.clone(),
+                host: h,
+                armed: true,
+            };
+            match waiter.send(Grant::Connect(slot)) {
+                Ok(()) => return,
+                // That request went away; the place is not released twice.
+                Err(Grant::Connect(mut s)) => s.armed = false,
+                Err(Grant::Conn(_)) => {}
+            }
+        }
+        host.open = host.open.saturating_sub(1);
+    }
+
+    /// A connection whose response is done: to the first waiting request, else idle.
+    fn give_back(&self, h: usize, mut conn: SendRequest<ProxyBody>) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut hosts = self.hosts();
+        let host = &mut hosts[h];
+        while let Some(waiter) = host.waiters.pop_front() {
+            match waiter.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(c)) => conn = c,
+                Err(Grant::Connect(_)) => return,
+            }
+        }
+        if host.idle.len() >= self.limits.max_idle {
+            host.idle.pop_front();
+        }
+        host.idle.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// An upstream response body; gives its connection back to the pool when it ends.
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+struct Lease {
+    pool: Arc<Inner>,
+    host: usize,
+    conn: SendRequest<ProxyBody>,
+}
+
+impl UpstreamBody {
+    fn new(
+        inner: Incoming,
+        pool: Arc<Inner>,
+        host: usize,
+        conn: SendRequest<ProxyBody>,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            inner,
+            lease: Some(Lease { pool, host, conn }),
+        };
+        if body.inner.is_end_stream() {
+            body.done();
+        }
+        body
+    }
+
+    fn done(&mut self) {
+        if let Some(l) = self.lease.take() {
+            l.pool.give_back(l.host, l.conn);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the connection is reusable only if hyper already read the
+        // whole response; otherwise hyper closes it.
+        if let Some(l) = self.lease.take() {
+            if l.conn.is_ready() {
+                l.pool.give_back(l.host, l.conn);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
