@@ -601,9 +601,18 @@ pub async fn handle(
                 || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
             {
                 match resolve_session(&app, &parts, session.as_deref()).await {
+                    // Boxed to keep every request's future small (see resolve_session).
                     Ok(h) => {
-                        serve_candidate(&app, &entry, parts, body, h, session.as_deref(), started)
-                            .await
+                        Box::pin(serve_candidate(
+                            &app,
+                            &entry,
+                            parts,
+                            body,
+                            h,
+                            session.as_deref(),
+                            started,
+                        ))
+                        .await
                     }
                     // Without the user's session the candidate would answer a logged-out page.
                     Err(()) => {
@@ -644,16 +653,30 @@ pub(crate) fn forward_request(
     Ok(req)
 }
 
+/// As [`forward_request`], moving the headers out of `parts` instead of copying them: for the
+/// last request built from them (afterwards `parts` only names the method and path).
+fn forward_request_taking_headers(
+    url: &UpstreamUrl,
+    parts: &mut http::request::Parts,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, http::Error> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = url.origin_form(parts.uri.path_and_query())?;
+    *req.headers_mut() = std::mem::take(&mut parts.headers);
+    Ok(req)
+}
+
 /// Sends to the legacy app and streams its answer back; nothing else.
 async fn serve_plain(
     app: &App,
     entry: &RouteEntry,
     mode: Mode,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: ProxyBody,
     started: Instant,
 ) -> Response<ProxyBody> {
-    let resp = match forward_request(&app.legacy, &parts, body) {
+    let resp = match forward_request_taking_headers(&app.legacy, &mut parts, body) {
         Ok(req) => app.client().send(&app.legacy, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
@@ -776,7 +799,8 @@ async fn serve_shadow(
         },
         head_rx,
     );
-    let resp = match forward_request(&app.legacy, &parts, body::full(bytes)) {
+    let mut parts = parts;
+    let resp = match forward_request_taking_headers(&app.legacy, &mut parts, body::full(bytes)) {
         Ok(req) => app.client().send(&app.legacy, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
@@ -810,10 +834,9 @@ async fn resolve_session(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    match resolver
-        .resolve(cookie, format!("{} {pq}", parts.method))
-        .await
-    {
+    // Boxed: a store lookup's future (the DynamoDB client's above all) is kilobytes, and every
+    // request's future would otherwise carry and move that size, with or without a store.
+    match Box::pin(resolver.resolve(cookie, format!("{} {pq}", parts.method))).await {
         crate::session::resolve::Resolution::None => Ok(None),
         crate::session::resolve::Resolution::Header(h) => Ok(Some(h)),
         crate::session::resolve::Resolution::Failed => Err(()),

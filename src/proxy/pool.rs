@@ -139,10 +139,14 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.inner.checkout(host) {
                 Checkout::Reuse(c) => (c, true),
-                Checkout::Connect(slot) => (self.inner.connect(url, slot).await?, false),
+                // Boxed: connecting is rare and its future large; every request's future
+                // would carry (and move) its size otherwise.
+                Checkout::Connect(slot) => (Box::pin(self.inner.connect(url, slot)).await?, false),
                 Checkout::Wait(rx) => match rx.await {
                     Ok(Grant::Conn(c)) => (c, true),
-                    Ok(Grant::Connect(slot)) => (self.inner.connect(url, slot).await?, false),
+                    Ok(Grant::Connect(slot)) => {
+                        (Box::pin(self.inner.connect(url, slot)).await?, false)
+                    }
                     Err(_) => continue,
                 },
             };
