@@ -298,6 +298,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }));
     }
+    start_memory_trimmer();
     tasks.push(tokio::spawn(crate::control::auto_rollback_loop(
         app.clone(),
         rx.clone(),
@@ -318,6 +319,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown: tx,
         tasks,
     })
+}
+
+/// Hands memory freed by connections and exchanges back to the system every two seconds.
+/// glibc keeps freed chunks in each thread's arena and returns only the top of a heap: after a
+/// burst of a thousand connections the workers' arenas stayed at 32 MB each with 6-8 MB in use,
+/// and RSS climbed a little with every burst. `malloc_trim` releases the free pages in all
+/// arenas (it takes each arena's lock briefly; on an idle arena it costs microseconds).
+fn start_memory_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            let spawned = std::thread::Builder::new()
+                .name("cutover-trim".into())
+                .spawn(|| loop {
+                    std::thread::sleep(Duration::from_secs(2));
+                    // SAFETY: malloc_trim only reads and updates the allocator's own state
+                    // under its own locks; any pad value is valid.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "memory trimmer not started");
+            }
+        });
+    }
 }
 
 /// A listening socket with SO_REUSEADDR and SO_REUSEPORT, non-blocking, for a worker's runtime.
