@@ -833,3 +833,74 @@ async fn pooled_connections_closed_by_the_upstream_are_replaced() {
         assert_eq!(r.body, b"once\n");
     }
 }
+
+#[tokio::test]
+async fn mirrors_to_a_slow_candidate_wait_for_capped_connections_and_time_out() {
+    use std::sync::atomic::Ordering;
+    let legacy = legacy_app().await;
+    // A candidate that reads requests and never answers, and notices at once when the proxy
+    // closes a connection: it counts the connections open at the same time.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let candidate_addr = listener.local_addr().expect("addr");
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most_open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (o, m) = (open.clone(), most_open.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let config = format!(
+        "{}max_connections = 2\n[defaults]\ncandidate_timeout_ms = 1500\n",
+        base_config(&legacy.url(), &format!("http://{candidate_addr}"))
+    );
+    let proxy = cutover(&config).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = get(proxy.proxy_addr, "/small", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello from php\n");
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // Before any mirror timed out (the candidate has dropped none of its connections yet),
+    // two connections carry two mirrors and the other 18 wait.
+    eventually(
+        Duration::from_secs(1),
+        "two candidate connections",
+        || async { open.load(Ordering::SeqCst) == 2 },
+    )
+    .await;
+    let most = most_open.load(Ordering::SeqCst);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "too slow to look before the first timeout"
+    );
+    assert_eq!(most, 2, "candidate connections open at once");
+    // Mirrors beyond the two connections waited for one, and gave up at their timeout.
+    eventually(Duration::from_secs(10), "20 mirror timeouts", || async {
+        let m = scrape(proxy.admin_addr).await;
+        metric(&m, "cutover_shadow_dropped_total", &[("reason", "timeout")]) == 20.0
+    })
+    .await;
+}
