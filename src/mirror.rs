@@ -74,7 +74,7 @@ impl ShadowRequest {
         if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
             parts.uri = uri;
         }
-        parts.headers = detached_headers(&parts.headers);
+        detach_headers(&mut parts.headers);
         ShadowRequest {
             parts,
             body: Bytes::copy_from_slice(&body),
@@ -84,16 +84,14 @@ impl ShadowRequest {
     }
 }
 
-/// A copy of `headers` whose values own their bytes (see [`ShadowRequest::detached`]).
-fn detached_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
+/// Gives every header value bytes of its own, in place (see [`ShadowRequest::detached`]).
+fn detach_headers(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
         if let Ok(mut v) = HeaderValue::from_bytes(value.as_bytes()) {
             v.set_sensitive(value.is_sensitive());
-            out.append(name.clone(), v);
+            *value = v;
         }
     }
-    out
 }
 
 /// What the candidate did.
@@ -207,16 +205,20 @@ async fn legacy_capture(
         .map_err(|_| "legacy_slow")?
         .map_err(|_| "client_gone")?;
     match capture {
-        Capture::Complete(chunks) => Ok((
-            Captured {
-                status: head.status.as_u16(),
-                // Owned copies: the upstream's read buffer is not held while the candidate is
-                // waited for.
-                headers: detached_headers(&head.headers),
-                body: body::concat_owned(chunks),
-            },
-            head.elapsed,
-        )),
+        Capture::Complete(chunks) => {
+            // Owned copies: the upstream's read buffer is not held while the candidate is
+            // waited for.
+            let mut headers = head.headers;
+            detach_headers(&mut headers);
+            Ok((
+                Captured {
+                    status: head.status.as_u16(),
+                    headers,
+                    body: body::concat_owned(chunks),
+                },
+                head.elapsed,
+            ))
+        }
         Capture::TooLarge => Err("legacy_body_too_large"),
         Capture::Failed => Err("legacy_body_failed"),
     }
