@@ -152,6 +152,7 @@ async fn call_upstream(
     let mut req = match crate::proxy::forward_request(
         url,
         &request.parts,
+        request.parts.headers.clone(),
         body::full(request.body.clone()),
     ) {
         Ok(r) => r,

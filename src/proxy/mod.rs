@@ -387,7 +387,7 @@ impl App {
 }
 
 /// The connection limits of one of `workers` pools: `upstreams.max_connections` spread over
-/// them (rounded up), as many kept idle, idle ones closed after a minute.
+/// them (rounded up), idle ones closed after a minute.
 fn pool_limits(config: &Config, workers: usize) -> pool::Limits {
     let max_open = config
         .upstreams
@@ -396,7 +396,6 @@ fn pool_limits(config: &Config, workers: usize) -> pool::Limits {
         .div_ceil(workers.max(1));
     pool::Limits {
         max_open,
-        max_idle: max_open,
         idle_timeout: Duration::from_secs(60),
     }
 }
@@ -669,29 +668,19 @@ fn head_size(parts: &http::request::Parts) -> usize {
         .fold(line + 2, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
+/// The request to send upstream for the client's `parts`: its method, its path and query behind
+/// the upstream's base path, and `headers` — a copy of `parts.headers`, or the headers themselves
+/// (`std::mem::take`) for the last request built from them.
 pub(crate) fn forward_request(
     url: &UpstreamUrl,
     parts: &http::request::Parts,
+    headers: http::HeaderMap,
     body: ProxyBody,
 ) -> Result<Request<ProxyBody>, http::Error> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = url.origin_form(parts.uri.path_and_query())?;
-    *req.headers_mut() = parts.headers.clone();
-    Ok(req)
-}
-
-/// As [`forward_request`], moving the headers out of `parts` instead of copying them: for the
-/// last request built from them (afterwards `parts` only names the method and path).
-fn forward_request_taking_headers(
-    url: &UpstreamUrl,
-    parts: &mut http::request::Parts,
-    body: ProxyBody,
-) -> Result<Request<ProxyBody>, http::Error> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = url.origin_form(parts.uri.path_and_query())?;
-    *req.headers_mut() = std::mem::take(&mut parts.headers);
+    *req.headers_mut() = headers;
     Ok(req)
 }
 
@@ -704,7 +693,8 @@ async fn serve_plain(
     body: ProxyBody,
     started: Instant,
 ) -> Response<ProxyBody> {
-    let resp = match forward_request_taking_headers(&app.legacy, &mut parts, body) {
+    let headers = std::mem::take(&mut parts.headers);
+    let resp = match forward_request(&app.legacy, &parts, headers, body) {
         Ok(req) => app.client().send(&app.legacy, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
@@ -828,7 +818,8 @@ async fn serve_shadow(
         head_rx,
     );
     let mut parts = parts;
-    let resp = match forward_request_taking_headers(&app.legacy, &mut parts, body::full(bytes)) {
+    let headers = std::mem::take(&mut parts.headers);
+    let resp = match forward_request(&app.legacy, &parts, headers, body::full(bytes)) {
         Ok(req) => app.client().send(&app.legacy, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
@@ -921,7 +912,9 @@ async fn serve_candidate(
     if verify && slot.is_none() {
         app.metrics.dropped(DropReason::QueueFull);
     }
-    let mut req = match forward_request(&entry.candidate, &parts, body::boxed(body)) {
+    // A copy: PHP may still get these headers if the candidate cannot answer.
+    let headers = parts.headers.clone();
+    let mut req = match forward_request(&entry.candidate, &parts, headers, body::boxed(body)) {
         Ok(r) => r,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n"),
     };

@@ -32,20 +32,12 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-impl UpstreamError {
-    /// True when no connection could be made (nothing reached the upstream).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect { .. })
-    }
-}
-
 /// How many connections a pool keeps, per upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Open connections (busy, idle or connecting) to one upstream.
+    /// Open connections (busy, idle or connecting) to one upstream; idle ones count, so this
+    /// also bounds how many are kept for reuse.
     pub max_open: usize,
-    /// Idle connections kept for reuse.
-    pub max_idle: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
 }
@@ -114,7 +106,6 @@ impl Pool {
                 connector,
                 limits: Limits {
                     max_open: limits.max_open.max(1),
-                    max_idle: limits.max_idle.max(1),
                     idle_timeout: limits.idle_timeout,
                 },
                 hosts: Mutex::new(Vec::new()),
@@ -135,9 +126,11 @@ impl Pool {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
-        let host = self.inner.host_index(url);
+        let mut host = None;
         loop {
-            let (mut conn, reused) = match self.inner.checkout(host) {
+            let (h, checkout) = self.inner.checkout(url, host);
+            host = Some(h);
+            let (mut conn, reused) = match checkout {
                 Checkout::Reuse(c) => (c, true),
                 // Boxed: connecting is rare and its future large; every request's future
                 // would carry (and move) its size otherwise.
@@ -157,7 +150,7 @@ impl Pool {
             match conn.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let body = UpstreamBody::new(body, self.inner.clone(), host, conn);
+                    let body = UpstreamBody::new(body, self.inner.clone(), h, conn);
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -172,11 +165,14 @@ impl Pool {
     /// Connections open to `url` now (busy, idle or connecting).
     pub fn open_to(&self, url: &UpstreamUrl) -> usize {
         let hosts = self.inner.hosts();
-        hosts
-            .iter()
-            .find(|h| h.scheme == url.scheme && h.authority == url.authority)
-            .map_or(0, |h| h.open)
+        position(&hosts, url).map_or(0, |i| hosts[i].open)
     }
+}
+
+fn position(hosts: &[Host], url: &UpstreamUrl) -> Option<usize> {
+    hosts
+        .iter()
+        .position(|h| h.scheme == url.scheme && h.authority == url.authority)
 }
 
 impl Inner {
@@ -187,27 +183,27 @@ impl Inner {
         }
     }
 
-    fn host_index(&self, url: &UpstreamUrl) -> usize {
+    /// A connection to `url`'s host, the right to open one, or a place in its queue; with the
+    /// host's index (`known`: from an earlier round of the same request), all under one lock.
+    fn checkout(self: &Arc<Self>, url: &UpstreamUrl, known: Option<usize>) -> (usize, Checkout) {
         let mut hosts = self.hosts();
-        if let Some(i) = hosts
-            .iter()
-            .position(|h| h.scheme == url.scheme && h.authority == url.authority)
-        {
-            return i;
-        }
-        hosts.push(Host {
-            scheme: url.scheme.clone(),
-            authority: url.authority.clone(),
-            idle: VecDeque::new(),
-            open: 0,
-            waiters: VecDeque::new(),
-        });
-        hosts.len() - 1
+        let h = match known.or_else(|| position(&hosts, url)) {
+            Some(h) => h,
+            None => {
+                hosts.push(Host {
+                    scheme: url.scheme.clone(),
+                    authority: url.authority.clone(),
+                    idle: VecDeque::new(),
+                    open: 0,
+                    waiters: VecDeque::new(),
+                });
+                hosts.len() - 1
+            }
+        };
+        (h, self.checkout_at(&mut hosts[h], h))
     }
 
-    fn checkout(self: &Arc<Self>, h: usize) -> Checkout {
-        let mut hosts = self.hosts();
-        let host = &mut hosts[h];
+    fn checkout_at(self: &Arc<Self>, host: &mut Host, h: usize) -> Checkout {
         let now = Instant::now();
         while let Some(idle) = host.idle.pop_back() {
             // Dropping a stale one closes it; its task then frees its place.
@@ -304,9 +300,6 @@ impl Inner {
                 Err(Grant::Conn(c)) => conn = c,
                 Err(Grant::Connect(_)) => return,
             }
-        }
-        if host.idle.len() >= self.limits.max_idle {
-            host.idle.pop_front();
         }
         host.idle.push_back(Idle {
             conn,
