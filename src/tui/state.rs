@@ -357,28 +357,38 @@ mod tests {
         }
     }
 
-    fn loaded() -> State {
-        let mut s = State::new(1);
+    /// One proxy's refresh with these routes and request total, at `at_secs`.
+    fn refresh(s: &mut State, routes: Vec<RouteInfo>, requests: u64, at_secs: f64) {
         let view = RoutesInfo {
             state_version: 0,
-            routes: vec![
-                route("/a", 50, 0.0, true),
-                route("/b", 200, 0.5, false),
-                route("/c/{id}", 10, 0.1, false),
-            ],
+            routes,
             gate_thresholds: None,
             totals: Some(TotalsInfo {
-                requests: 100,
+                requests,
                 ..Default::default()
             }),
         };
         update(
-            &mut s,
+            s,
             Event::Routes {
                 views: vec![view],
                 unreachable: vec![],
-                at_secs: 1.0,
+                at_secs,
             },
+        );
+    }
+
+    fn loaded() -> State {
+        let mut s = State::new(1);
+        refresh(
+            &mut s,
+            vec![
+                route("/a", 50, 0.0, true),
+                route("/b", 200, 0.5, false),
+                route("/c/{id}", 10, 0.1, false),
+            ],
+            100,
+            1.0,
         );
         s
     }
@@ -451,26 +461,15 @@ mod tests {
     fn selection_follows_the_route_across_refreshes() {
         let mut s = loaded();
         update(&mut s, Event::Key(Key::Down)); // /c/{id}
-        let view = RoutesInfo {
-            state_version: 0,
-            routes: vec![
+        refresh(
+            &mut s,
+            vec![
                 route("/a", 50, 0.9, false),
                 route("/b", 200, 0.5, false),
                 route("/c/{id}", 10, 0.1, false),
             ],
-            gate_thresholds: None,
-            totals: Some(TotalsInfo {
-                requests: 300,
-                ..Default::default()
-            }),
-        };
-        update(
-            &mut s,
-            Event::Routes {
-                views: vec![view],
-                unreachable: vec![],
-                at_secs: 3.0,
-            },
+            300,
+            3.0,
         );
         assert_eq!(
             s.selected_route().map(|r| r.route.as_str()),
