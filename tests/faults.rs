@@ -42,14 +42,7 @@ where
 }
 
 async fn php_like() -> Origin {
-    Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"ok":true,"from":"php"}"#,
-        )
-    })
-    .await
+    json_origin(r#"{"ok":true,"from":"php"}"#).await
 }
 
 async fn check_clients_unaffected(proxy: &cutover::proxy::Running, n: usize) {

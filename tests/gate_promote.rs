@@ -64,14 +64,7 @@ async fn mode_of(admin: std::net::SocketAddr, route: &str) -> String {
 }
 
 async fn legacy_and_candidate() -> (Origin, Origin) {
-    let legacy = Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"from":"php"}"#,
-        )
-    })
-    .await;
+    let legacy = json_origin(r#"{"from":"php"}"#).await;
     let candidate = Origin::start(|r: RecordedRequest| async move {
         // Matches PHP in shadow mode; says who it is when it serves clients.
         let body = if r.headers.contains_key("x-cutover-shadow") {
@@ -231,14 +224,7 @@ async fn gradual_promotion_serves_a_share_sticky_per_session() {
 async fn a_failing_promoted_route_rolls_back_by_itself() {
     env();
     let broken = Arc::new(AtomicBool::new(false));
-    let legacy = Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"from":"php"}"#,
-        )
-    })
-    .await;
+    let legacy = json_origin(r#"{"from":"php"}"#).await;
     let flag = broken.clone();
     let candidate = Origin::start(move |_r| {
         let broken = flag.load(Ordering::SeqCst);

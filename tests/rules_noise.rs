@@ -347,22 +347,8 @@ async fn samples_are_redacted_and_need_the_token() {
 #[tokio::test]
 async fn reload_keeps_old_rules_when_the_new_ones_are_invalid() {
     std::env::set_var("CUTOVER_ADMIN_TOKEN", "t0ken");
-    let legacy = Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"a":1,"t":1}"#,
-        )
-    })
-    .await;
-    let candidate = Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"a":1,"t":2}"#,
-        )
-    })
-    .await;
+    let legacy = json_origin(r#"{"a":1,"t":1}"#).await;
+    let candidate = json_origin(r#"{"a":1,"t":2}"#).await;
     let dir = tempdir("reload");
     let rules = dir.join("app.toml");
     std::fs::write(&rules, "[json]\nignore = ['/t']\n").expect("rules");
@@ -493,22 +479,8 @@ fn cutover_diff_on_saved_responses() {
 
 #[tokio::test]
 async fn sighup_reloads_a_running_proxy() {
-    let legacy = Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"a":1,"t":1}"#,
-        )
-    })
-    .await;
-    let candidate = Origin::start(|_r| async move {
-        respond(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"a":1,"t":2}"#,
-        )
-    })
-    .await;
+    let legacy = json_origin(r#"{"a":1,"t":1}"#).await;
+    let candidate = json_origin(r#"{"a":1,"t":2}"#).await;
     let dir = tempdir("sighup");
     let rules = dir.join("app.toml");
     std::fs::write(&rules, "[json]\nignore = []\n").expect("rules");

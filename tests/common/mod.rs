@@ -127,6 +127,14 @@ impl Drop for Origin {
     }
 }
 
+/// An origin that answers every request with 200 and this JSON body.
+pub async fn json_origin(body: &'static str) -> Origin {
+    Origin::start(
+        move |_r| async move { respond(200, &[("content-type", "application/json")], body) },
+    )
+    .await
+}
+
 /// A loopback address with nothing listening (bound, then closed).
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
