@@ -71,7 +71,12 @@ impl ShadowRequest {
             session_header,
             reverse,
         } = self;
-        if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
+        let uri_text = match (parts.uri.scheme(), parts.uri.path_and_query()) {
+            // Origin form (what clients send a proxy): no formatting needed.
+            (None, Some(pq)) => Bytes::copy_from_slice(pq.as_str().as_bytes()),
+            _ => Bytes::from(parts.uri.to_string()),
+        };
+        if let Ok(uri) = http::Uri::from_maybe_shared(uri_text) {
             parts.uri = uri;
         }
         detach_headers(&mut parts.headers);
@@ -84,10 +89,25 @@ impl ShadowRequest {
     }
 }
 
-/// Gives every header value bytes of its own, in place (see [`ShadowRequest::detached`]).
+/// Gives the header values bytes of their own, in place (see [`ShadowRequest::detached`]):
+/// one buffer for all of them, each value a slice of it, rather than an allocation per value.
 fn detach_headers(headers: &mut HeaderMap) {
+    let total: usize = headers.values().map(HeaderValue::len).sum();
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for v in headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let mut own = buf.freeze();
     for value in headers.values_mut() {
-        if let Ok(mut v) = HeaderValue::from_bytes(value.as_bytes()) {
+        let take = value.len().min(own.len());
+        let mine = own.split_to(take);
+        // The two passes visit the values in the same order; checked, not assumed.
+        let detached = if mine.as_ref() == value.as_bytes() {
+            HeaderValue::from_maybe_shared(mine)
+        } else {
+            HeaderValue::from_bytes(value.as_bytes())
+        };
+        if let Ok(mut v) = detached {
             v.set_sensitive(value.is_sensitive());
             *value = v;
         }
@@ -116,12 +136,14 @@ pub fn spawn_exchange(
     request: ShadowRequest,
     head: oneshot::Receiver<LegacyHead>,
 ) {
-    tokio::spawn(async move {
+    // Boxed: the exchange's state is kilobytes, and tokio moves a task's future several times
+    // on its way into the task; a box is moved as a pointer.
+    tokio::spawn(Box::pin(async move {
         app.metrics.shadow_in_flight.inc();
         let _gauge = InFlight(&app.metrics.shadow_in_flight);
         let _slot = slot;
         exchange(&app, &entry, request.detached(), head).await;
-    });
+    }));
 }
 
 /// Which upstream an exchange call goes to.
@@ -622,6 +644,35 @@ pub fn decoded(mut c: Captured, cap: usize) -> Result<Captured, String> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn detached_headers_keep_every_value_in_buffers_of_their_own() {
+        // As hyper parses them: every value a slice of the connection's read buffer.
+        let wire = Bytes::from_static(b"text/htmlabcsecretv1v2");
+        let slice = |a: usize, b: usize| HeaderValue::from_maybe_shared(wire.slice(a..b)).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("content-type", slice(0, 9));
+        h.insert("x-a", slice(9, 12));
+        let mut secret = slice(12, 18);
+        secret.set_sensitive(true);
+        h.insert("authorization", secret);
+        h.append("x-multi", slice(18, 20));
+        h.append("x-multi", slice(20, 22));
+        h.insert("x-empty", HeaderValue::from_static(""));
+        let before = h.clone();
+        detach_headers(&mut h);
+        assert_eq!(h, before);
+        assert!(h["authorization"].is_sensitive());
+        let wire_range = wire.as_ptr_range();
+        for v in h.values() {
+            assert!(
+                v.is_empty() || !wire_range.contains(&v.as_bytes().as_ptr()),
+                "{v:?} still points into the read buffer"
+            );
+        }
+        let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["v1", "v2"]);
+    }
 
     fn cap(encoding: &str, body: Vec<u8>) -> Captured {
         let mut h = HeaderMap::new();

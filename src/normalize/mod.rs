@@ -319,10 +319,14 @@ impl Rules {
             if TRANSPORT_HEADERS.contains(&n) || self.ignore_headers.contains(n) {
                 continue;
             }
-            let mut v = value.as_bytes().to_vec();
+            // Most values pass unchanged: they are shared, not copied (this runs twice per
+            // comparison, on every header).
+            let mut v: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(value.as_bytes());
             for (hn, re, rep) in &self.header_rewrites {
                 if hn == name {
-                    v = re.replace_all(&v, rep.as_bytes()).into_owned();
+                    if let std::borrow::Cow::Owned(o) = re.replace_all(&v, rep.as_bytes()) {
+                        v = std::borrow::Cow::Owned(o);
+                    }
                 }
             }
             if self.set_headers.contains(n) {
@@ -333,10 +337,17 @@ impl Rules {
                     .collect();
                 parts.sort();
                 parts.dedup();
-                v = parts.join(&b", "[..]);
+                v = std::borrow::Cow::Owned(parts.join(&b", "[..]));
             }
-            if let Ok(value) = http::HeaderValue::from_bytes(&v) {
-                out.append(name.clone(), value);
+            match v {
+                std::borrow::Cow::Borrowed(_) => {
+                    out.append(name.clone(), value.clone());
+                }
+                std::borrow::Cow::Owned(v) => {
+                    if let Ok(value) = http::HeaderValue::from_bytes(&v) {
+                        out.append(name.clone(), value);
+                    }
+                }
             }
         }
         if !self.set_headers.is_empty() {

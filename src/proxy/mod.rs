@@ -460,9 +460,11 @@ async fn serve_proxy(app: Arc<App>, listener: TcpListener, mut stop: watch::Rece
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
+                let client_ip = upstream::client_ip_header(remote);
                 let service = hyper::service::service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(handle(app, req, remote).await) }
+                    let client_ip = client_ip.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req, client_ip).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -582,11 +584,11 @@ async fn read_body_capped(
     Ok(RequestBody::Buffered(body::concat(chunks)))
 }
 
-/// Serves one client request.
+/// Serves one client request; `client_ip` is its connection's `upstream::client_ip_header`.
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    client_ip: HeaderValue,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -613,7 +615,7 @@ pub async fn handle(
     }
     upstream::strip_hop_by_hop(&mut parts.headers);
     upstream::strip_cutover_headers(&mut parts.headers);
-    upstream::add_forwarded(&mut parts.headers, remote);
+    upstream::add_forwarded(&mut parts.headers, &client_ip);
     let mode = entry.mode();
     if mode == Mode::Legacy {
         return serve_plain(&app, &entry, mode, parts, body::boxed(body), started).await;

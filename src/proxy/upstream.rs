@@ -73,22 +73,41 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Runs on every request and response: look first (comparing names, no hashing), remove
-    // only what is there.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Runs on every request and response (most responses carry `Connection: keep-alive`), so
+    // one pass over the names finds what is there, and only that is removed: a removal hashes
+    // the name, and removing all nine names cost more than the rest of the header handling.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // Headers of this message named in `Connection` (`keep-alive` and `close` usually name
+    // none), found by comparing names rather than building one per token.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    {
+        let token = token.trim();
+        if let Some(k) = headers
+            .keys()
+            .find(|k| k.as_str().eq_ignore_ascii_case(token))
+        {
+            named.push(k.clone());
+        }
+    }
     for n in named {
         headers.remove(n);
     }
-    for n in &HOP_BY_HOP {
+    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(n);
     }
 }
@@ -109,17 +128,25 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the client to `X-Forwarded-For`; sets `-Proto` and `-Host` unless a proxy in front
-/// of this one already did.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip().to_string();
-    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+/// The client's address as `X-Forwarded-For` names it: made once per client connection
+/// (formatting an address cost as much as the rest of a request's header handling).
+pub fn client_ip_header(client: SocketAddr) -> HeaderValue {
+    // An IP address always makes a valid header value; "unknown" is RFC 7239's word otherwise.
+    HeaderValue::from_str(&client.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (from `client_ip_header`) to `X-Forwarded-For`; sets `-Proto` and
+/// `-Host` unless a proxy in front of this one already did.
+pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let appended = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => client_ip
+            .to_str()
+            .ok()
+            .and_then(|ip| HeaderValue::from_str(&format!("{prev}, {ip}")).ok()),
+        _ => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(XFF.clone(), v);
-    }
+    headers.insert(XFF.clone(), appended.unwrap_or_else(|| client_ip.clone()));
     if !headers.contains_key(&XFP) {
         headers.insert(XFP.clone(), HeaderValue::from_static("http"));
     }
@@ -155,7 +182,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("shop.example"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1:5000".parse().expect("addr"));
+        add_forwarded(
+            &mut h,
+            &client_ip_header("127.0.0.1:5000".parse().expect("addr")),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
