@@ -142,20 +142,19 @@ async fn dashboards_and_alerts_work_against_a_real_prometheus() {
     )
     .expect("config");
     let addr = dead_addr();
-    let child = std::process::Command::new(prometheus_bin)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
+    let mut cmd = std::process::Command::new(prometheus_bin);
+    cmd.arg(format!(
+        "--config.file={}",
+        dir.join("prometheus.yml").display()
+    ))
+    .arg(format!(
+        "--storage.tsdb.path={}",
+        dir.join("data").display()
+    ))
+    .arg(format!("--web.listen-address={addr}"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let child = spawn_group(&mut cmd, "prometheus");
     let p = Prometheus {
         _service: Service { child, addr },
         addr,

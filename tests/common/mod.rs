@@ -418,14 +418,32 @@ pub async fn wait_port(addr: SocketAddr, within: Duration) {
     .await;
 }
 
-/// A child process (a test service) stopped on drop.
+/// A child process (a test service) in a process group of its own, stopped with everything it
+/// started on drop.
 pub struct Service {
     pub child: std::process::Child,
     pub addr: SocketAddr,
 }
 
+/// Starts `cmd` as the leader of a new process group, which `Service`'s drop kills whole.
+pub fn spawn_group(cmd: &mut std::process::Command, what: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"))
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
+        // The group, not just the child: `php -S` with PHP_CLI_SERVER_WORKERS forks workers
+        // that outlived their parent (and every test run) when only the parent was killed.
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory is
+            // touched.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -456,7 +474,7 @@ pub async fn php_server(ini: &[(&str, String)], env: &[(&str, String)]) -> Servi
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().expect("php -S starts");
+    let child = spawn_group(&mut cmd, "php -S");
     let s = Service { child, addr };
     wait_port(addr, Duration::from_secs(10)).await;
     s
@@ -472,21 +490,20 @@ pub async fn dynalite() -> Service {
         require_tool("dynalite", "npm install --prefix tests/node (see .ci/run)")
     };
     let addr = dead_addr();
-    let child = std::process::Command::new(bin)
-        .args([
-            "--port",
-            &addr.port().to_string(),
-            "--host",
-            "127.0.0.1",
-            "--createTableMs",
-            "0",
-            "--deleteTableMs",
-            "0",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("dynalite starts");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([
+        "--port",
+        &addr.port().to_string(),
+        "--host",
+        "127.0.0.1",
+        "--createTableMs",
+        "0",
+        "--deleteTableMs",
+        "0",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let child = spawn_group(&mut cmd, "dynalite");
     let s = Service { child, addr };
     wait_port(addr, Duration::from_secs(15)).await;
     s
@@ -496,21 +513,20 @@ pub async fn dynalite() -> Service {
 pub async fn redis_server() -> Service {
     let bin = require_tool("redis-server", "apt-get install redis-server");
     let addr = dead_addr();
-    let child = std::process::Command::new(bin)
-        .args([
-            "--port",
-            &addr.port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([
+        "--port",
+        &addr.port().to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let child = spawn_group(&mut cmd, "redis-server");
     let s = Service { child, addr };
     wait_port(addr, Duration::from_secs(10)).await;
     s
