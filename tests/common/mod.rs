@@ -490,22 +490,34 @@ pub async fn dynalite() -> Service {
         require_tool("dynalite", "npm install --prefix tests/node (see .ci/run)")
     };
     let addr = dead_addr();
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args([
+    let port = addr.port().to_string();
+    let args = [
         "--port",
-        &addr.port().to_string(),
+        &port,
         "--host",
         "127.0.0.1",
         "--createTableMs",
         "0",
         "--deleteTableMs",
         "0",
-    ])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    let child = spawn_group(&mut cmd, "dynalite");
+    ];
+    start_service(&bin, &args, addr, Duration::from_secs(15)).await
+}
+
+/// `bin args…` as a `Service` listening on `addr`, once it accepts connections.
+async fn start_service(
+    bin: &std::path::Path,
+    args: &[&str],
+    addr: SocketAddr,
+    within: Duration,
+) -> Service {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = spawn_group(&mut cmd, &bin.display().to_string());
     let s = Service { child, addr };
-    wait_port(addr, Duration::from_secs(15)).await;
+    wait_port(addr, within).await;
     s
 }
 
@@ -513,23 +525,18 @@ pub async fn dynalite() -> Service {
 pub async fn redis_server() -> Service {
     let bin = require_tool("redis-server", "apt-get install redis-server");
     let addr = dead_addr();
-    let mut cmd = std::process::Command::new(bin);
-    cmd.args([
+    let port = addr.port().to_string();
+    let args = [
         "--port",
-        &addr.port().to_string(),
+        &port,
         "--bind",
         "127.0.0.1",
         "--save",
         "",
         "--appendonly",
         "no",
-    ])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    let child = spawn_group(&mut cmd, "redis-server");
-    let s = Service { child, addr };
-    wait_port(addr, Duration::from_secs(10)).await;
-    s
+    ];
+    start_service(&bin, &args, addr, Duration::from_secs(10)).await
 }
 
 /// Environment every session test shares (set once per test binary, before use): the session
