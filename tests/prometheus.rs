@@ -142,24 +142,16 @@ async fn dashboards_and_alerts_work_against_a_real_prometheus() {
     )
     .expect("config");
     let addr = dead_addr();
-    let mut cmd = std::process::Command::new(prometheus_bin);
-    cmd.arg(format!(
-        "--config.file={}",
-        dir.join("prometheus.yml").display()
-    ))
-    .arg(format!(
-        "--storage.tsdb.path={}",
-        dir.join("data").display()
-    ))
-    .arg(format!("--web.listen-address={addr}"))
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    let child = spawn_group(&mut cmd, "prometheus");
+    let args = [
+        format!("--config.file={}", dir.join("prometheus.yml").display()),
+        format!("--storage.tsdb.path={}", dir.join("data").display()),
+        format!("--web.listen-address={addr}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let p = Prometheus {
-        _service: Service { child, addr },
+        _service: start_service(&prometheus_bin, &args, addr, Duration::from_secs(30)).await,
         addr,
     };
-    wait_port(addr, Duration::from_secs(30)).await;
     // The port opens before the TSDB is ready (503 until then).
     eventually(Duration::from_secs(30), "prometheus ready", || async {
         get(addr, "/-/ready", &[]).await.status == 200

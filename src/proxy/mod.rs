@@ -756,7 +756,7 @@ fn legacy_failed(
 async fn serve_shadow(
     app: &Arc<App>,
     entry: &Arc<RouteEntry>,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     body: Incoming,
     session: Option<String>,
     started: Instant,
@@ -819,7 +819,6 @@ async fn serve_shadow(
         },
         head_rx,
     );
-    let mut parts = parts;
     let headers = std::mem::take(&mut parts.headers);
     let resp = match forward_request(&app.legacy, &parts, headers, body::full(bytes)) {
         Ok(req) => app.client().send(&app.legacy, req).await,

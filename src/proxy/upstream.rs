@@ -77,7 +77,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // one pass over the names finds what is there, and only that is removed: a removal hashes
     // the name, and removing all nine names cost more than the rest of the header handling.
     let mut present = [false; HOP_BY_HOP.len()];
-    let mut any = false;
     for k in headers.keys() {
         // Most names have a length no hop-by-hop name has: skip the comparisons for those.
         if !matches!(k.as_str().len(), 2 | 7 | 10 | 16..=19) {
@@ -85,10 +84,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present[i] = true;
-            any = true;
         }
     }
-    if !any {
+    if !present.contains(&true) {
         return;
     }
     // Headers of this message named in `Connection` (`keep-alive` and `close` usually name

@@ -426,7 +426,7 @@ pub struct Service {
 }
 
 /// Starts `cmd` as the leader of a new process group, which `Service`'s drop kills whole.
-pub fn spawn_group(cmd: &mut std::process::Command, what: &str) -> std::process::Child {
+fn spawn_group(cmd: &mut std::process::Command, what: &str) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     cmd.process_group(0)
         .spawn()
@@ -505,7 +505,7 @@ pub async fn dynalite() -> Service {
 }
 
 /// `bin args…` as a `Service` listening on `addr`, once it accepts connections.
-async fn start_service(
+pub async fn start_service(
     bin: &std::path::Path,
     args: &[&str],
     addr: SocketAddr,
