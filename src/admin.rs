@@ -244,8 +244,11 @@ pub fn evidence(c: &Counts) -> Evidence {
 
 /// Sets the gauges computed from windows (mismatch ratio, gate) just before a scrape.
 fn refresh_gauges(app: &App) {
+    let in_flight = i64::try_from(app.dispatcher.in_flight()).unwrap_or(i64::MAX);
+    app.metrics.shadow_in_flight.set(in_flight);
     let t = thresholds(app);
     for e in app.routes.all() {
+        // Also brings the route's counters up to date for the scrape.
         let c = e.stats.window_sum();
         if c.requests == 0 && c.samples() == 0 && e.pattern.is_none() {
             continue;

@@ -25,6 +25,7 @@ const LEGACY_CAPTURE_WAIT: Duration = Duration::from_secs(60);
 pub struct Dispatcher {
     slots: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    capacity: usize,
 }
 
 impl Dispatcher {
@@ -32,12 +33,19 @@ impl Dispatcher {
         Dispatcher {
             slots: Arc::new(Semaphore::new(concurrency + queue)),
             running: Arc::new(Semaphore::new(concurrency)),
+            capacity: concurrency + queue,
         }
     }
 
     /// A slot for one more mirror, or None when the queue is full.
     pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
         self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Mirrors running or queued now: the slots taken. Read when scraped rather than kept in
+    /// a gauge, which every mirror would update twice from every worker.
+    pub fn in_flight(&self) -> usize {
+        self.capacity.saturating_sub(self.slots.available_permits())
     }
 }
 
@@ -122,13 +130,6 @@ enum CandidateResult {
     TimedOut,
 }
 
-struct InFlight<'a>(&'a prometheus::IntGauge);
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 pub fn spawn_exchange(
     app: Arc<App>,
     entry: Arc<RouteEntry>,
@@ -139,8 +140,6 @@ pub fn spawn_exchange(
     // Boxed: the exchange's state is kilobytes, and tokio moves a task's future several times
     // on its way into the task; a box is moved as a pointer.
     tokio::spawn(Box::pin(async move {
-        app.metrics.shadow_in_flight.inc();
-        let _gauge = InFlight(&app.metrics.shadow_in_flight);
         let _slot = slot;
         exchange(&app, &entry, request.detached(), head).await;
     }));
@@ -316,7 +315,7 @@ async fn exchange(
         }
     };
     if let Some(CandidateResult::Answered(_, t)) = &twin {
-        entry.stats.twin_duration.observe(t.as_secs_f64());
+        entry.stats.duration(Side::LegacyTwin, *t);
     }
     let (candidate, candidate_time) = match candidate {
         CandidateResult::Answered(c, t) => (c, t),
@@ -382,10 +381,7 @@ async fn exchange(
             return;
         }
     };
-    entry
-        .stats
-        .candidate_duration
-        .observe(candidate_time.as_secs_f64());
+    entry.stats.duration(Side::Candidate, candidate_time);
     let twin = match twin {
         Some(CandidateResult::Answered(t, _)) => Some(t),
         _ => None,

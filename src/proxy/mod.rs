@@ -75,8 +75,9 @@ pub enum StartError {
 
 impl App {
     pub async fn new(config: Config) -> Result<App, StartError> {
-        let metrics =
-            Metrics::register().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
+        let metrics = Metrics::register()
+            .map_err(|e| StartError::Setup(format!("metrics: {e}")))?
+            .for_workers(workers_of(&config));
         let legacy =
             UpstreamUrl::parse(config.upstreams.legacy.get_ref()).map_err(StartError::Setup)?;
         let twin = match &config.upstreams.legacy_twin {
@@ -377,12 +378,7 @@ impl App {
 
     /// Proxy worker threads: `listen.workers`, or one per core.
     pub fn worker_count(&self) -> usize {
-        match self.config.listen.workers {
-            0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            n => n,
-        }
+        workers_of(&self.config)
     }
 }
 
@@ -400,6 +396,16 @@ fn pool_limits(config: &Config, workers: usize) -> pool::Limits {
     }
 }
 
+/// Proxy worker threads: `listen.workers`, or one per core when 0.
+fn workers_of(config: &Config) -> usize {
+    match config.listen.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
 /// A worker: a thread with its own single-threaded runtime, listener and upstream client
 /// (thread per core, as nginx runs a process per core). It returns after a graceful shutdown.
 fn spawn_worker(
@@ -412,6 +418,7 @@ fn spawn_worker(
         .name(format!("cutover-worker-{i}"))
         .stack_size(crate::session::php::STACK_BYTES)
         .spawn(move || {
+            crate::stats::set_worker_shard(i);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -706,7 +713,7 @@ async fn serve_plain(
     let elapsed = started.elapsed();
     match resp {
         Ok(resp) => {
-            entry.stats.legacy_duration.observe(elapsed.as_secs_f64());
+            entry.stats.duration(Side::Legacy, elapsed);
             let (parts_out, body) = upstream_response(resp);
             entry.stats.request(mode, parts_out.status.as_u16(), false);
             access_log(
@@ -830,7 +837,7 @@ async fn serve_shadow(
     let elapsed = started.elapsed();
     match resp {
         Ok(resp) => {
-            entry.stats.legacy_duration.observe(elapsed.as_secs_f64());
+            entry.stats.duration(Side::Legacy, elapsed);
             let (parts_out, body) = upstream_response(resp);
             entry.stats.request(mode, parts_out.status.as_u16(), true);
             tee_to_exchange(head_tx, parts_out, body, elapsed, entry.max_body_bytes)
@@ -947,10 +954,7 @@ async fn serve_candidate(
     let elapsed = started.elapsed();
     match result {
         Ok(Ok(resp)) => {
-            entry
-                .stats
-                .candidate_duration
-                .observe(elapsed.as_secs_f64());
+            entry.stats.duration(Side::Candidate, elapsed);
             let (parts_out, body) = upstream_response(resp);
             let status = parts_out.status.as_u16();
             entry.stats.request(mode, status, head_tx.is_some());
