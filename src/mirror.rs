@@ -12,40 +12,76 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 /// Bodies up to this size are compared on the IO thread; larger ones go to the blocking pool.
 const INLINE_COMPARE_BYTES: usize = 64 * 1024;
 /// How long an exchange waits for the legacy response to finish streaming to the client.
 const LEGACY_CAPTURE_WAIT: Duration = Duration::from_secs(60);
 
-/// Bounds the mirrors: `slots` = running + queued, `running` = concurrent candidate calls.
+/// Bounds the mirrors: `capacity` slots for mirrors running or queued, `running` for
+/// concurrent candidate calls. Shared by the workers, so it touches as few shared cache lines
+/// as it can: a slot is one atomic add and one subtract (a semaphore took a lock to give a
+/// permit back, and an `Arc` clone to hand it to the task).
 pub struct Dispatcher {
-    slots: Arc<Semaphore>,
-    running: Arc<Semaphore>,
+    taken: AtomicUsize,
     capacity: usize,
+    running: Semaphore,
 }
 
 impl Dispatcher {
     pub fn new(concurrency: usize, queue: usize) -> Dispatcher {
         Dispatcher {
-            slots: Arc::new(Semaphore::new(concurrency + queue)),
-            running: Arc::new(Semaphore::new(concurrency)),
+            taken: AtomicUsize::new(0),
             capacity: concurrency + queue,
+            running: Semaphore::new(concurrency),
         }
     }
 
     /// A slot for one more mirror, or None when the queue is full.
-    pub fn try_reserve(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+    pub fn try_reserve(&self) -> Option<Reservation<'_>> {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.capacity).then_some(taken + 1)
+            })
+            .ok()?;
+        Some(Reservation {
+            dispatcher: self,
+            armed: true,
+        })
     }
 
     /// Mirrors running or queued now: the slots taken. Read when scraped rather than kept in
     /// a gauge, which every mirror would update twice from every worker.
     pub fn in_flight(&self) -> usize {
-        self.capacity.saturating_sub(self.slots.available_permits())
+        self.taken.load(Ordering::Acquire)
+    }
+}
+
+/// A slot taken and not yet handed to an exchange; given back if dropped.
+pub struct Reservation<'a> {
+    dispatcher: &'a Dispatcher,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.dispatcher.taken.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// An exchange's hold on the app and on its slot: the slot is given back when the exchange's
+/// task ends or is dropped unpolled (a runtime shutting down).
+struct Holding(Arc<App>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.dispatcher.taken.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -133,15 +169,18 @@ enum CandidateResult {
 pub fn spawn_exchange(
     app: Arc<App>,
     entry: Arc<RouteEntry>,
-    slot: OwnedSemaphorePermit,
+    mut slot: Reservation<'_>,
     request: ShadowRequest,
     head: oneshot::Receiver<LegacyHead>,
 ) {
+    // From here the task's `Holding` gives the slot back.
+    slot.armed = false;
+    let holding = Holding(app);
     // Boxed: the exchange's state is kilobytes, and tokio moves a task's future several times
     // on its way into the task; a box is moved as a pointer.
     tokio::spawn(Box::pin(async move {
-        let _slot = slot;
-        exchange(&app, &entry, request.detached(), head).await;
+        let holding = holding;
+        exchange(&holding.0, &entry, request.detached(), head).await;
     }));
 }
 
@@ -262,7 +301,7 @@ async fn exchange(
     // The legacy side is taken in (and copied) while this exchange may still be queued for
     // a slot, so a queue behind a slow candidate holds no upstream buffers.
     let calls = async {
-        let permit = app.dispatcher.running.clone().acquire_owned().await.ok()?;
+        let permit = app.dispatcher.running.acquire().await.ok()?;
         // Boxed: only running exchanges need the calls' state; a queued one stays small.
         let (other_side, twin) = Box::pin(async {
             let twin_call = async {
@@ -387,9 +426,11 @@ async fn exchange(
         _ => None,
     };
     let cap = entry.max_body_bytes;
-    let rules = entry.rules();
     let large = legacy.body.len() + candidate.body.len() > INLINE_COMPARE_BYTES;
-    let compare = move |legacy: Captured, candidate: Captured, twin: Option<Captured>| {
+    let compare = move |rules: &crate::normalize::Rules,
+                        legacy: Captured,
+                        candidate: Captured,
+                        twin: Option<Captured>| {
         let l = decoded(legacy, cap);
         let report_of = |l: &Result<Captured, String>, other: Captured| {
             let c = decoded(other, cap);
@@ -412,7 +453,8 @@ async fn exchange(
     };
     let candidate_status = candidate.status;
     let (legacy_decoded, report, twin_report) = if large {
-        match tokio::task::spawn_blocking(move || compare(legacy, candidate, twin)).await {
+        let rules = entry.rules();
+        match tokio::task::spawn_blocking(move || compare(&rules, legacy, candidate, twin)).await {
             Ok(r) => r,
             Err(_) => {
                 entry.stats.outcome(Outcome::Skipped, None, None);
@@ -420,7 +462,7 @@ async fn exchange(
             }
         }
     } else {
-        compare(legacy, candidate, twin)
+        compare(&entry.rules_now(), legacy, candidate, twin)
     };
     let Some(legacy) = legacy_decoded else {
         entry.stats.outcome(Outcome::Skipped, None, None);
@@ -474,21 +516,25 @@ fn finish(
         relative: app.config.noise.relative_threshold,
         absolute: app.config.noise.absolute_threshold,
     };
-    let mut evidence = entry.evidence();
-    let real: Vec<Difference> = if app.twin.is_some() {
-        evidence.noise.record(
-            &report.differences,
-            twin_report.as_ref().map(|r| r.differences.as_slice()),
-        );
-        evidence
-            .noise
-            .real(&report.differences, &thresholds)
-            .into_iter()
-            .cloned()
-            .collect()
-    } else {
-        report.differences.clone()
-    };
+    // The route's evidence lock is shared by every worker's exchanges: taken only when there
+    // is noise to learn (a twin) or a mismatch to keep, not for every match.
+    let mut evidence =
+        (app.twin.is_some() || !report.differences.is_empty()).then(|| entry.evidence());
+    let real: Vec<Difference> =
+        if let Some(evidence) = evidence.as_mut().filter(|_| app.twin.is_some()) {
+            evidence.noise.record(
+                &report.differences,
+                twin_report.as_ref().map(|r| r.differences.as_slice()),
+            );
+            evidence
+                .noise
+                .real(&report.differences, &thresholds)
+                .into_iter()
+                .cloned()
+                .collect()
+        } else {
+            report.differences.clone()
+        };
     let outcome = if real.is_empty() {
         Outcome::Match
     } else {
@@ -525,7 +571,9 @@ fn finish(
                 tracing::debug!("samples file is behind; a sample was not written");
             }
         }
-        evidence.samples.push(sample, app.config.samples.per_route);
+        if let Some(evidence) = evidence.as_mut() {
+            evidence.samples.push(sample, app.config.samples.per_route);
+        }
     }
     drop(evidence);
     entry
@@ -640,6 +688,48 @@ pub fn decoded(mut c: Captured, cap: usize) -> Result<Captured, String> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn the_dispatcher_gives_at_most_its_slots_and_takes_back_unused_ones() {
+        let d = Dispatcher::new(2, 1);
+        let a = d.try_reserve().expect("slot 1");
+        let b = d.try_reserve().expect("slot 2");
+        let c = d.try_reserve().expect("slot 3");
+        assert!(d.try_reserve().is_none(), "past concurrency + queue");
+        assert_eq!(d.in_flight(), 3);
+        drop(b);
+        assert_eq!(d.in_flight(), 2);
+        let again = d.try_reserve().expect("a slot given back is free again");
+        assert!(d.try_reserve().is_none());
+        drop((a, c, again));
+        assert_eq!(d.in_flight(), 0);
+        // Many threads racing for the slots never get more than there are.
+        let d = std::sync::Arc::new(Dispatcher::new(3, 2));
+        let got: usize = (0..4)
+            .map(|_| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    let mut most = 0;
+                    for _ in 0..10_000 {
+                        if let Some(r) = d.try_reserve() {
+                            held.push(r);
+                        }
+                        most = most.max(d.in_flight());
+                        if held.len() > 1 {
+                            held.clear();
+                        }
+                    }
+                    drop(held);
+                    most
+                })
+            })
+            .map(|t| t.join().expect("thread"))
+            .max()
+            .unwrap_or(0);
+        assert!(got <= 5, "{got} slots taken at once");
+        assert_eq!(d.in_flight(), 0);
+    }
 
     #[test]
     fn detached_headers_keep_every_value_in_buffers_of_their_own() {

@@ -9,7 +9,7 @@ use crate::stats::{Metrics, RouteStats};
 use http::Method;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One route label and everything the proxy needs to serve and count it.
@@ -26,7 +26,9 @@ pub struct RouteEntry {
     pub max_body_bytes: usize,
     pub candidate_timeout: Duration,
     pub candidate: Arc<UpstreamUrl>,
-    rules: RwLock<Arc<Rules>>,
+    /// Swapped whole on a reload; read by every exchange without a lock or a reference-count
+    /// update (a shared lock's cache line moved between the workers' cores on every read).
+    rules: arc_swap::ArcSwap<Rules>,
     pub stats: RouteStats,
     /// Difference fields already seen, to cap `cutover_differences_total` cardinality.
     pub diff_fields: Mutex<HashSet<String>>,
@@ -72,10 +74,12 @@ impl RouteEntry {
     }
 
     pub fn rules(&self) -> Arc<Rules> {
-        match self.rules.read() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.rules.load_full()
+    }
+
+    /// The rules now, for use before the next `.await`.
+    pub fn rules_now(&self) -> arc_swap::Guard<Arc<Rules>> {
+        self.rules.load()
     }
 
     pub fn evidence(&self) -> std::sync::MutexGuard<'_, Evidence> {
@@ -86,10 +90,7 @@ impl RouteEntry {
     }
 
     pub fn set_rules(&self, rules: Arc<Rules>) {
-        match self.rules.write() {
-            Ok(mut r) => *r = rules,
-            Err(p) => *p.into_inner() = rules,
-        }
+        self.rules.store(rules);
     }
 }
 
@@ -98,7 +99,11 @@ pub const MAX_DIFF_FIELDS: usize = 64;
 
 pub struct RouteTable {
     configured: Vec<Arc<RouteEntry>>,
-    auto: RwLock<HashMap<String, Arc<RouteEntry>>>,
+    /// Read on every request of an automatic route, so read without a lock (a shared lock's
+    /// cache line moved between the workers' cores on every request); a new label copies the
+    /// map under `adding` (at most `max_routes` times).
+    auto: arc_swap::ArcSwap<HashMap<String, Arc<RouteEntry>>>,
+    adding: Mutex<()>,
     max_routes: usize,
     other: Arc<RouteEntry>,
     defaults: AutoDefaults,
@@ -191,7 +196,7 @@ impl RouteTable {
                     Some(c) => parse(c.get_ref())?,
                     None => candidate.clone(),
                 },
-                rules: RwLock::new(rules),
+                rules: arc_swap::ArcSwap::new(rules),
                 stats: RouteStats::new(r.pattern.get_ref(), metrics, window_secs),
                 diff_fields: Mutex::new(HashSet::new()),
                 evidence: Mutex::new(Evidence::default()),
@@ -202,7 +207,8 @@ impl RouteTable {
         let other = Arc::new(defaults.entry("other", metrics));
         let table = RouteTable {
             configured,
-            auto: RwLock::new(HashMap::new()),
+            auto: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            adding: Mutex::new(()),
             max_routes: d.max_routes,
             other,
             defaults,
@@ -235,10 +241,7 @@ impl RouteTable {
         }
         let label = template_label(path);
         {
-            let auto = match self.auto.read() {
-                Ok(a) => a,
-                Err(p) => p.into_inner(),
-            };
+            let auto = self.auto.load();
             if let Some(e) = auto.get(&label) {
                 return e.clone();
             }
@@ -246,10 +249,11 @@ impl RouteTable {
                 return self.other.clone();
             }
         }
-        let mut auto = match self.auto.write() {
+        let _adding = match self.adding.lock() {
             Ok(a) => a,
             Err(p) => p.into_inner(),
         };
+        let auto = self.auto.load_full();
         if let Some(e) = auto.get(&label) {
             return e.clone();
         }
@@ -258,17 +262,16 @@ impl RouteTable {
         }
         let e = Arc::new(self.defaults.entry(&label, metrics));
         self.publish_mode(&e);
-        auto.insert(label, e.clone());
+        let mut next = HashMap::clone(&auto);
+        next.insert(label, e.clone());
+        self.auto.store(Arc::new(next));
         e
     }
 
     /// Every entry: configured first (file order), then automatic ones by label, then `other`.
     pub fn all(&self) -> Vec<Arc<RouteEntry>> {
         let mut v: Vec<Arc<RouteEntry>> = self.configured.clone();
-        let auto = match self.auto.read() {
-            Ok(a) => a,
-            Err(p) => p.into_inner(),
-        };
+        let auto = self.auto.load();
         let mut autos: Vec<Arc<RouteEntry>> = auto.values().cloned().collect();
         autos.sort_by(|a, b| a.label.cmp(&b.label));
         v.extend(autos);
@@ -282,10 +285,7 @@ impl RouteTable {
     }
 
     pub fn auto_count(&self) -> usize {
-        match self.auto.read() {
-            Ok(a) => a.len(),
-            Err(p) => p.into_inner().len(),
-        }
+        self.auto.load().len()
     }
 }
 
@@ -302,7 +302,7 @@ impl AutoDefaults {
             max_body_bytes: self.max_body_bytes,
             candidate_timeout: self.candidate_timeout,
             candidate: self.candidate.clone(),
-            rules: RwLock::new(self.rules.clone()),
+            rules: arc_swap::ArcSwap::new(self.rules.clone()),
             stats: RouteStats::new(label, metrics, self.window_secs),
             diff_fields: Mutex::new(HashSet::new()),
             evidence: Mutex::new(Evidence::default()),
