@@ -9,6 +9,7 @@ use crate::proxy::table::{RouteEntry, MAX_DIFF_FIELDS};
 use crate::proxy::{access_log, App};
 use crate::stats::{DropReason, Outcome, Side};
 use bytes::Bytes;
+use crossbeam_utils::CachePadded;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use std::io::Read;
@@ -27,17 +28,18 @@ const LEGACY_CAPTURE_WAIT: Duration = Duration::from_secs(60);
 /// as it can: a slot is one atomic add and one subtract (a semaphore took a lock to give a
 /// permit back, and an `Arc` clone to hand it to the task).
 pub struct Dispatcher {
-    taken: AtomicUsize,
+    // Each on a cache line of its own: both are written by every worker.
+    taken: CachePadded<AtomicUsize>,
     capacity: usize,
-    running: Semaphore,
+    running: CachePadded<Semaphore>,
 }
 
 impl Dispatcher {
     pub fn new(concurrency: usize, queue: usize) -> Dispatcher {
         Dispatcher {
-            taken: AtomicUsize::new(0),
+            taken: CachePadded::new(AtomicUsize::new(0)),
             capacity: concurrency + queue,
-            running: Semaphore::new(concurrency),
+            running: CachePadded::new(Semaphore::new(concurrency)),
         }
     }
 

@@ -34,6 +34,9 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a request needs, shared by all connections.
+// Aligned so that in its `Arc` the reference counts, which every worker updates, have a cache
+// line to themselves instead of sharing one with fields every request reads.
+#[repr(align(128))]
 pub struct App {
     pub config: Config,
     pub legacy: UpstreamUrl,

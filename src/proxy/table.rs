@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One route label and everything the proxy needs to serve and count it.
+// Aligned so that in its `Arc` the reference counts, which every worker updates, have a cache
+// line to themselves instead of sharing one with fields every request reads.
+#[repr(align(128))]
 pub struct RouteEntry {
     pub label: String,
     pub pattern: Option<Pattern>,
