@@ -2,7 +2,10 @@
 //! one `register()` for the whole group) and the per-route sliding windows the gate judges.
 //!
 //! Per-route counter handles are created once, when the route's entry is created, and kept in
-//! [`RouteStats`], so the request path never hashes label strings.
+//! [`RouteStats`], so the request path never hashes label strings. Each proxy worker counts in a
+//! shard of its own (the window slot it is filling, its Prometheus counts), so the request path
+//! writes no cache line another core writes; readers — a scrape, the gate, the admin API —
+//! publish the shards first.
 
 use crate::config::Mode;
 use crossbeam_utils::CachePadded;
