@@ -522,8 +522,8 @@ fn finish(
     // is noise to learn (a twin) or a mismatch to keep, not for every match.
     let mut evidence =
         (app.twin.is_some() || !report.differences.is_empty()).then(|| entry.evidence());
-    let real: Vec<Difference> =
-        if let Some(evidence) = evidence.as_mut().filter(|_| app.twin.is_some()) {
+    let real: Vec<Difference> = match evidence.as_mut() {
+        Some(evidence) if app.twin.is_some() => {
             evidence.noise.record(
                 &report.differences,
                 twin_report.as_ref().map(|r| r.differences.as_slice()),
@@ -534,9 +534,9 @@ fn finish(
                 .into_iter()
                 .cloned()
                 .collect()
-        } else {
-            report.differences.clone()
-        };
+        }
+        _ => report.differences.clone(),
+    };
     let outcome = if real.is_empty() {
         Outcome::Match
     } else {

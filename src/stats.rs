@@ -468,6 +468,17 @@ struct ShardCounts {
 
 const NO_SLOT: u64 = u64::MAX;
 
+impl ShardCounts {
+    /// Moves the pending slot's counts into the route's window; none pending after.
+    fn fold_into(&mut self, window: &Mutex<Window>) {
+        if self.pending_at != NO_SLOT {
+            lock(window).add_at(self.pending_at, &self.pending);
+            self.pending = Counts::default();
+            self.pending_at = NO_SLOT;
+        }
+    }
+}
+
 /// A shard's Prometheus counts, buffered until a reader flushes them.
 struct ShardMetrics {
     requests: [[Option<LocalIntCounter>; 6]; 3],
@@ -589,18 +600,20 @@ impl RouteStats {
         f(&mut lock(&self.window))
     }
 
+    /// The calling thread's shard.
+    fn my_shard(&self) -> std::sync::MutexGuard<'_, ShardCounts> {
+        let i = SHARD.with(|s| s.get()) % self.shards.len();
+        lock(&self.shards[i].0)
+    }
+
     /// The calling thread's shard, with the window slot of `now` ready to count in: a slot
     /// left behind goes into the route's window first (once per slot and shard).
-    fn with_shard<R>(&self, now: u64, f: impl FnOnce(&mut ShardMetrics, &mut Counts) -> R) -> R {
-        let i = SHARD.with(|s| s.get()) % self.shards.len();
-        let mut guard = lock(&self.shards[i].0);
+    fn with_slot<R>(&self, now: u64, f: impl FnOnce(&mut ShardMetrics, &mut Counts) -> R) -> R {
+        let mut guard = self.my_shard();
         let shard = &mut *guard;
         let index = now / self.slot_secs;
         if shard.pending_at != index {
-            if shard.pending_at != NO_SLOT {
-                self.with_window(|w| w.add_at(shard.pending_at, &shard.pending));
-            }
-            shard.pending = Counts::default();
+            shard.fold_into(&self.window);
             shard.pending_at = index;
         }
         f(&mut shard.metrics, &mut shard.pending)
@@ -609,13 +622,8 @@ impl RouteStats {
     /// Brings every shard's counts into the window and the Prometheus metrics, for a reader.
     pub fn publish(&self) {
         for shard in self.shards.iter() {
-            let mut guard = lock(&shard.0);
-            let shard = &mut *guard;
-            if shard.pending_at != NO_SLOT {
-                self.with_window(|w| w.add_at(shard.pending_at, &shard.pending));
-                shard.pending = Counts::default();
-                shard.pending_at = NO_SLOT;
-            }
+            let mut shard = lock(&shard.0);
+            shard.fold_into(&self.window);
             shard.metrics.flush();
         }
     }
@@ -631,7 +639,7 @@ impl RouteStats {
             _ => 5,
         };
         const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-        self.with_shard(now_secs(), |shard, slot| {
+        self.with_slot(now_secs(), |shard, slot| {
             shard.requests[mode.index()][class]
                 .get_or_insert_with(|| {
                     self.metrics_requests
@@ -648,10 +656,7 @@ impl RouteStats {
 
     /// How long an upstream took to its response head.
     pub fn duration(&self, side: Side, took: Duration) {
-        let secs = took.as_secs_f64();
-        self.with_shard(now_secs(), |shard, _| {
-            shard.durations[side as usize].observe(secs)
-        });
+        self.my_shard().metrics.durations[side as usize].observe(took.as_secs_f64());
     }
 
     /// The candidate answered a client of a promoted route with `status` (502: no answer).
@@ -685,7 +690,7 @@ impl RouteStats {
 
     /// A comparison finished (or was skipped).
     pub fn outcome(&self, outcome: Outcome, legacy: Option<Duration>, candidate: Option<Duration>) {
-        self.with_shard(now_secs(), |shard, s| {
+        self.with_slot(now_secs(), |shard, s| {
             shard.comparisons[outcome as usize].inc();
             match outcome {
                 Outcome::Match => s.matches += 1,
