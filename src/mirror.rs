@@ -5,6 +5,7 @@
 
 use crate::diff::{Captured, Comparator, DiffKind, Difference, Report};
 use crate::proxy::body::{self, Capture};
+use crate::proxy::detach;
 use crate::proxy::table::{RouteEntry, MAX_DIFF_FIELDS};
 use crate::proxy::{access_log, App};
 use crate::stats::{DropReason, Outcome, Side};
@@ -107,9 +108,9 @@ pub struct ShadowRequest {
 }
 
 impl ShadowRequest {
-    /// The same request in memory of its own. What hyper parses (URI, header values, a small
-    /// body) are slices of the connection's read buffer: an exchange waiting for a slow
-    /// candidate would hold the whole buffer, per request, for as long as it waits.
+    /// The same request in memory of its own (see `proxy::detach`): an exchange waiting for a
+    /// slow candidate would otherwise hold the client connection's read buffer, and make hyper
+    /// allocate another for its next read.
     fn detached(self) -> ShadowRequest {
         let ShadowRequest {
             mut parts,
@@ -117,45 +118,13 @@ impl ShadowRequest {
             session_header,
             reverse,
         } = self;
-        let uri_text = match (parts.uri.scheme(), parts.uri.path_and_query()) {
-            // Origin form (what clients send a proxy): no formatting needed.
-            (None, Some(pq)) => Bytes::copy_from_slice(pq.as_str().as_bytes()),
-            _ => Bytes::from(parts.uri.to_string()),
-        };
-        if let Ok(uri) = http::Uri::from_maybe_shared(uri_text) {
-            parts.uri = uri;
-        }
-        detach_headers(&mut parts.headers);
+        // The URI has been in memory of its own since `proxy::handle`.
+        detach::headers(&mut parts.headers);
         ShadowRequest {
             parts,
             body: Bytes::copy_from_slice(&body),
             session_header,
             reverse,
-        }
-    }
-}
-
-/// Gives the header values bytes of their own, in place (see [`ShadowRequest::detached`]):
-/// one buffer for all of them, each value a slice of it, rather than an allocation per value.
-fn detach_headers(headers: &mut HeaderMap) {
-    let total: usize = headers.values().map(HeaderValue::len).sum();
-    let mut buf = bytes::BytesMut::with_capacity(total);
-    for v in headers.values() {
-        buf.extend_from_slice(v.as_bytes());
-    }
-    let mut own = buf.freeze();
-    for value in headers.values_mut() {
-        let take = value.len().min(own.len());
-        let mine = own.split_to(take);
-        // The two passes visit the values in the same order; checked, not assumed.
-        let detached = if mine.as_ref() == value.as_bytes() {
-            HeaderValue::from_maybe_shared(mine)
-        } else {
-            HeaderValue::from_bytes(value.as_bytes())
-        };
-        if let Ok(mut v) = detached {
-            v.set_sensitive(value.is_sensitive());
-            *value = v;
         }
     }
 }
@@ -178,11 +147,14 @@ pub fn spawn_exchange(
     // From here the task's `Holding` gives the slot back.
     slot.armed = false;
     let holding = Holding(app);
+    // Detached here, not in the task: the client's connection reads again before the task
+    // first runs, and would find its read buffer still shared.
+    let request = request.detached();
     // Boxed: the exchange's state is kilobytes, and tokio moves a task's future several times
     // on its way into the task; a box is moved as a pointer.
     tokio::spawn(Box::pin(async move {
         let holding = holding;
-        exchange(&holding.0, &entry, request.detached(), head).await;
+        exchange(&holding.0, &entry, request, head).await;
     }));
 }
 
@@ -272,7 +244,7 @@ async fn legacy_capture(
             // Owned copies: the upstream's read buffer is not held while the candidate is
             // waited for.
             let mut headers = head.headers;
-            detach_headers(&mut headers);
+            detach::headers(&mut headers);
             Ok((
                 Captured {
                     status: head.status.as_u16(),
@@ -731,36 +703,6 @@ mod tests {
             .unwrap_or(0);
         assert!(got <= 5, "{got} slots taken at once");
         assert_eq!(d.in_flight(), 0);
-    }
-
-    #[test]
-    fn detached_headers_keep_every_value_in_buffers_of_their_own() {
-        // As hyper parses them: every value a slice of the connection's read buffer.
-        let wire = Bytes::from_static(b"text/htmlabcsecretv1v2");
-        let slice =
-            |a: usize, b: usize| HeaderValue::from_maybe_shared(wire.slice(a..b)).expect("value");
-        let mut h = HeaderMap::new();
-        h.insert("content-type", slice(0, 9));
-        h.insert("x-a", slice(9, 12));
-        let mut secret = slice(12, 18);
-        secret.set_sensitive(true);
-        h.insert("authorization", secret);
-        h.append("x-multi", slice(18, 20));
-        h.append("x-multi", slice(20, 22));
-        h.insert("x-empty", HeaderValue::from_static(""));
-        let before = h.clone();
-        detach_headers(&mut h);
-        assert_eq!(h, before);
-        assert!(h["authorization"].is_sensitive());
-        let wire_range = wire.as_ptr_range();
-        for v in h.values() {
-            assert!(
-                v.is_empty() || !wire_range.contains(&v.as_bytes().as_ptr()),
-                "{v:?} still points into the read buffer"
-            );
-        }
-        let multi: Vec<_> = h.get_all("x-multi").iter().collect();
-        assert_eq!(multi, ["v1", "v2"]);
     }
 
     fn cap(encoding: &str, body: Vec<u8>) -> Captured {

@@ -4,6 +4,7 @@
 //! [`crate::mirror`] without ever waiting for it.
 
 pub mod body;
+pub mod detach;
 pub mod pool;
 pub mod table;
 pub mod upstream;
@@ -616,6 +617,9 @@ pub async fn handle(
             "cutover: CONNECT is not proxied\n",
         );
     }
+    // Kept (for the log, the exchange) while the upstream answers: not as a slice of hyper's
+    // read buffer (see `detach`).
+    parts.uri = detach::uri(&parts.uri);
     let entry = app.routes.lookup(parts.uri.path(), &app.metrics);
     if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
         // hyper framed the body by Transfer-Encoding (and will close the connection after); a

@@ -135,13 +135,18 @@ impl Pool {
                 // Boxed: connecting is rare and its future large; every request's future
                 // would carry (and move) its size otherwise.
                 Checkout::Connect(slot) => (Box::pin(self.inner.connect(url, slot)).await?, false),
-                Checkout::Wait(rx) => match rx.await {
-                    Ok(Grant::Conn(c)) => (c, true),
-                    Ok(Grant::Connect(slot)) => {
-                        (Box::pin(self.inner.connect(url, slot)).await?, false)
+                Checkout::Wait(rx) => {
+                    // It may wait long (every connection busy): not on the client
+                    // connection's read buffer (see `detach`).
+                    super::detach::headers(req.headers_mut());
+                    match rx.await {
+                        Ok(Grant::Conn(c)) => (c, true),
+                        Ok(Grant::Connect(slot)) => {
+                            (Box::pin(self.inner.connect(url, slot)).await?, false)
+                        }
+                        Err(_) => continue,
                     }
-                    Err(_) => continue,
-                },
+                }
             };
             if reused && conn.ready().await.is_err() {
                 // Closed while idle (the upstream's keep-alive timeout): its task frees the place.
