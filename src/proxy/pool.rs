@@ -387,3 +387,67 @@ impl Body for UpstreamBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    /// Polls `fut` once, as the runtime would, and says whether it is still waiting.
+    async fn pending_after_one_poll<F: Future + Unpin>(fut: &mut F) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *fut).poll(cx).is_pending())).await
+    }
+
+    fn get(headers: http::HeaderMap) -> Request<ProxyBody> {
+        let mut req = Request::new(crate::proxy::body::full(Bytes::new()));
+        *req.uri_mut() = Uri::from_static("/x");
+        *req.headers_mut() = headers;
+        req
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_a_connection_holds_no_slice_of_its_read_buffer() {
+        // An upstream that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let limits = Limits {
+            max_open: 1,
+            idle_timeout: Duration::from_secs(60),
+        };
+        let pool = crate::proxy::upstream::client(None, limits).expect("client");
+        let url = UpstreamUrl::parse(&format!("http://{addr}")).expect("url");
+
+        // The first request takes the only place (it is connecting) ...
+        let mut first = Box::pin(pool.send(&url, get(http::HeaderMap::new())));
+        assert!(pending_after_one_poll(&mut first).await);
+        // ... so the second, whose header values are slices of a read buffer as hyper parses
+        // them, has to wait.
+        let wire = Bytes::from(b"keep-alivesession=abc".to_vec());
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-a",
+            http::HeaderValue::from_maybe_shared(wire.slice(0..10)).expect("value"),
+        );
+        headers.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_maybe_shared(wire.slice(10..)).expect("value"),
+        );
+        assert!(!wire.is_unique(), "the request holds slices of the buffer");
+        let mut second = Box::pin(pool.send(&url, get(headers)));
+        assert!(pending_after_one_poll(&mut second).await, "it waits");
+        assert!(
+            wire.is_unique(),
+            "the waiting request still holds a slice of the read buffer"
+        );
+        drop((first, second));
+        held.abort();
+    }
+}
