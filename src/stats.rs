@@ -721,7 +721,10 @@ impl RouteStats {
 
     pub fn reset_window(&self) {
         for shard in self.shards.iter() {
-            lock(&shard.0).pending_at = NO_SLOT;
+            // The counts a shard has not yet folded in are forgotten with the rest.
+            let mut shard = lock(&shard.0);
+            shard.pending = Counts::default();
+            shard.pending_at = NO_SLOT;
         }
         self.with_window(Window::clear);
     }
@@ -814,6 +817,19 @@ mod tests {
         assert_eq!(r.totals().mismatches, 4000);
         r.reset_window();
         assert_eq!(r.window_sum().requests, 0);
+    }
+
+    #[test]
+    fn a_reset_forgets_counts_not_yet_folded_into_the_window() {
+        let m = Metrics::register().expect("register").for_workers(2);
+        let r = RouteStats::new("/r", &m, 3600);
+        for _ in 0..3 {
+            r.request(Mode::Shadow, 200, true);
+        }
+        // Nothing has read the window, so the three are still in this thread's shard.
+        r.reset_window();
+        r.request(Mode::Shadow, 200, true);
+        assert_eq!(r.window_sum().requests, 1);
     }
 
     #[test]
