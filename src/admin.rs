@@ -1,17 +1,22 @@
 //! The admin listener (`listen.admin`, loopback by default): `/metrics` in Prometheus text
-//! format, `/healthz`, and the JSON API the CLI and the TUI read (`/api/routes`). It sees the
-//! proxy only through [`App`]'s tables and counters.
+//! format, `/healthz`, and the JSON API (`/api/*`, types in [`crate::api`]) the CLI and the TUI
+//! read. POSTs and the mismatch samples need `Authorization: Bearer <token>`. It sees the proxy
+//! only through [`App`]; changes go through [`crate::control`].
 
-use crate::control;
-use crate::gate::{self, Evidence, Thresholds};
-use crate::proxy::body::{full, ProxyBody};
-use crate::proxy::App;
+use crate::api::{
+    ErrorView, EventsView, GateView, MismatchesView, RouteView, RoutesView, TotalsView,
+};
+use crate::app::App;
+use crate::control::{self, ControlError, Promotion};
+use crate::gate;
 use crate::stats::Counts;
+use crate::upstream::body::{full, ProxyBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,8 +62,26 @@ fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<ProxyBody> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    json(status, &serde_json::json!({ "error": message }))
+    json(
+        status,
+        &ErrorView {
+            error: message.to_string(),
+            verdict: None,
+        },
+    )
 }
+
+const ENDPOINTS: &[&str] = &[
+    "/metrics",
+    "/healthz",
+    "/api/routes",
+    "/api/events",
+    "/api/routes/mismatches",
+    "/api/routes/promote",
+    "/api/routes/rollback",
+    "/api/routes/reset",
+    "/api/reload",
+];
 
 async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
@@ -80,7 +103,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
         (&Method::GET, "/api/routes") => json(StatusCode::OK, &routes_view(app)),
         (&Method::GET, "/api/events") => json(
             StatusCode::OK,
-            &serde_json::json!({ "events": app.events.all() }),
+            &EventsView {
+                events: app.events.all(),
+            },
         ),
         (&Method::GET, "/api/routes/mismatches") => {
             if let Some(r) = refused(app, &req) {
@@ -93,7 +118,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
             match app.routes.by_label(route) {
                 Some(e) => json(
                     StatusCode::OK,
-                    &serde_json::json!({ "route": route, "samples": e.evidence().samples.latest() }),
+                    &MismatchesView {
+                        route: route.clone(),
+                        samples: e.findings().samples.latest(),
+                    },
                 ),
                 None => error(StatusCode::NOT_FOUND, &format!("no route {route}")),
             }
@@ -109,10 +137,17 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
                 return r;
             }
             let q = query(&req);
+            if path == "/api/reload" {
+                return match control::reload(app) {
+                    Ok(ev) => json(StatusCode::OK, &ev),
+                    Err(why) => error(StatusCode::BAD_REQUEST, &why.to_string()),
+                };
+            }
             let route = q.get("route").cloned().unwrap_or_default();
-            if path != "/api/reload" && route.is_empty() {
+            if route.is_empty() {
                 return error(StatusCode::BAD_REQUEST, "route= is required");
             }
+            let reason = q.get("reason").cloned().unwrap_or_default();
             let result = match path {
                 "/api/routes/promote" => {
                     let percent = match q.get("percent").map(|p| p.parse::<u8>()) {
@@ -123,50 +158,41 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<ProxyBody> {
                         }
                     };
                     let force = q.get("force").is_some_and(|f| f == "true" || f == "1");
-                    let reason = q.get("reason").cloned().unwrap_or_default();
-                    // A fleet-wide verdict judged by `cutover promote` with several proxies.
-                    let judged = q
-                        .get("verdict")
-                        .and_then(|v| serde_json::from_str::<gate::Verdict>(v).ok());
-                    control::promote(app, &route, percent, force, &reason, judged).await
+                    control::promote(
+                        app,
+                        Promotion {
+                            route: &route,
+                            percent,
+                            force,
+                            reason: &reason,
+                        },
+                    )
+                    .await
                 }
-                "/api/routes/rollback" => {
-                    let reason = q.get("reason").cloned().unwrap_or_default();
-                    control::rollback(app, &route, &reason, false).await
-                }
-                "/api/routes/reset" => control::reset(app, &route),
-                _ => {
-                    return match control::reload(app) {
-                        Ok(ev) => json(StatusCode::OK, &ev),
-                        Err(why) => error(StatusCode::BAD_REQUEST, &why),
-                    }
-                }
+                "/api/routes/rollback" => control::rollback(app, &route, &reason, false).await,
+                _ => control::reset(app, &route),
             };
             match result {
                 Ok(ev) => json(StatusCode::OK, &ev),
-                Err(control::ControlError::NoSuchRoute(r)) => {
-                    error(StatusCode::NOT_FOUND, &format!("no route {r}"))
+                Err(e @ ControlError::NoSuchRoute(_)) => {
+                    error(StatusCode::NOT_FOUND, &e.to_string())
                 }
-                Err(control::ControlError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, &m),
-                Err(control::ControlError::State(m)) => error(StatusCode::CONFLICT, &m),
-                Err(control::ControlError::GateClosed(v)) => json(
+                Err(e @ ControlError::BadRequest(_)) => {
+                    error(StatusCode::BAD_REQUEST, &e.to_string())
+                }
+                Err(e @ ControlError::State(_)) => error(StatusCode::CONFLICT, &e.to_string()),
+                Err(ControlError::GateClosed(v)) => json(
                     StatusCode::CONFLICT,
-                    &serde_json::json!({ "error": format!("the gate is closed: {}", v.reason), "verdict": v }),
+                    &ErrorView {
+                        error: format!("the gate is closed: {}", v.reason),
+                        verdict: Some(v),
+                    },
                 ),
             }
         }
-        (
-            _,
-            "/metrics"
-            | "/healthz"
-            | "/api/routes"
-            | "/api/events"
-            | "/api/routes/mismatches"
-            | "/api/routes/promote"
-            | "/api/routes/rollback"
-            | "/api/routes/reset"
-            | "/api/reload",
-        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, path) if ENDPOINTS.contains(&path) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
 }
@@ -190,12 +216,22 @@ fn query(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// Constant-time equality, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` is the token, in time that depends on neither: both are hashed first, so
+/// the comparison is of two 32-byte digests whatever the lengths, and that comparison looks at
+/// every byte.
+fn same_token(given: &[u8], token: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(token));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// Checks `Authorization: Bearer <token>`; Some is the 401 to send.
@@ -203,17 +239,16 @@ fn refused(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     let Some(token) = app.admin_token() else {
         return Some(unauthorized(&format!(
             "no admin token is configured: set {} for the proxy",
-            app.config.admin.token_env
+            app.config().admin.token_env
         )));
     };
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     match given {
-        Some(g) if same(g.as_bytes(), token.as_bytes()) => None,
+        Some(g) if same_token(g.as_bytes(), token.as_bytes()) => None,
         Some(_) => Some(unauthorized("wrong bearer token")),
         None => Some(unauthorized("Authorization: Bearer <token> is required")),
     }
@@ -226,34 +261,18 @@ fn unauthorized(why: &str) -> Response<ProxyBody> {
     r
 }
 
-pub fn thresholds(app: &App) -> Thresholds {
-    Thresholds {
-        min_samples: app.config.gate.min_samples,
-        max_mismatch_rate: *app.config.gate.max_mismatch_rate.get_ref(),
-        confidence: *app.config.gate.confidence.get_ref(),
-    }
-}
-
-/// Evidence for the gate from a route's window.
-pub fn evidence(c: &Counts) -> Evidence {
-    Evidence {
-        samples: c.samples(),
-        failures: c.mismatches + c.errors,
-    }
-}
-
 /// Sets the gauges computed from windows (mismatch ratio, gate) just before a scrape.
 fn refresh_gauges(app: &App) {
-    let in_flight = i64::try_from(app.dispatcher.in_flight()).unwrap_or(i64::MAX);
+    let in_flight = i64::try_from(app.mirror.dispatcher.in_flight()).unwrap_or(i64::MAX);
     app.metrics.shadow_in_flight.set(in_flight);
-    let t = thresholds(app);
+    let t = app.thresholds();
     for e in app.routes.all() {
         // Also brings the route's counters up to date for the scrape.
         let c = e.stats.window_sum();
         if c.requests == 0 && c.samples() == 0 && e.pattern.is_none() {
             continue;
         }
-        let v = gate::verdict(evidence(&c), &t);
+        let v = gate::verdict(c.evidence(), &t);
         app.metrics
             .mismatch_ratio
             .with_label_values(&[&e.label])
@@ -263,64 +282,6 @@ fn refresh_gauges(app: &App) {
             .with_label_values(&[&e.label])
             .set(i64::from(v.passing));
     }
-}
-
-#[derive(Serialize)]
-pub struct GateView {
-    pub passing: bool,
-    pub reason: String,
-}
-
-#[derive(Serialize)]
-pub struct RouteView {
-    pub route: String,
-    pub mode: &'static str,
-    pub percent: u8,
-    pub requests: u64,
-    pub mirrored: u64,
-    pub samples: u64,
-    pub matches: u64,
-    pub mismatches: u64,
-    pub errors: u64,
-    pub skipped: u64,
-    pub mismatch_rate: f64,
-    pub mismatch_upper_bound: f64,
-    pub gate: GateView,
-    pub legacy_p50_ms: Option<f64>,
-    pub legacy_p99_ms: Option<f64>,
-    pub candidate_p50_ms: Option<f64>,
-    pub candidate_p99_ms: Option<f64>,
-    pub noise: Vec<crate::noise::NoiseKey>,
-    /// The state-store version of this route (0: never promoted or rolled back).
-    pub state_version: u64,
-    pub sparkline: Vec<Option<f64>>,
-}
-
-#[derive(Serialize)]
-pub struct RoutesView {
-    pub state_version: u64,
-    pub uptime_secs: u64,
-    pub routes: Vec<RouteView>,
-    /// Addition: the thresholds the verdicts use, so a fleet's sums can be judged alike.
-    pub gate_thresholds: ThresholdsView,
-    /// Addition: proxy-wide counters since start.
-    pub totals: TotalsView,
-}
-
-#[derive(Serialize)]
-pub struct ThresholdsView {
-    pub min_samples: u64,
-    pub max_mismatch_rate: f64,
-    pub confidence: f64,
-}
-
-#[derive(Serialize)]
-pub struct TotalsView {
-    pub requests: u64,
-    pub mirrored: u64,
-    pub shadow_dropped: u64,
-    pub session_errors: u64,
-    pub uptime_secs: u64,
 }
 
 fn counter_sum(app: &App, name: &str, filter: impl Fn(&prometheus::proto::Metric) -> bool) -> u64 {
@@ -335,12 +296,10 @@ fn counter_sum(app: &App, name: &str, filter: impl Fn(&prometheus::proto::Metric
         .sum()
 }
 
+/// `GET /api/routes`: every configured route, and the automatic labels that saw traffic.
 pub fn routes_view(app: &App) -> RoutesView {
-    let t = thresholds(app);
-    let noise_t = crate::noise::Thresholds {
-        relative: app.config.noise.relative_threshold,
-        absolute: app.config.noise.absolute_threshold,
-    };
+    let t = app.thresholds();
+    let noise_t = app.config().noise.thresholds();
     let mut routes = Vec::new();
     for e in app.routes.all() {
         let c = e.stats.window_sum();
@@ -348,10 +307,10 @@ pub fn routes_view(app: &App) -> RoutesView {
             // `other` and idle automatic labels say nothing.
             continue;
         }
-        let v = gate::verdict(evidence(&c), &t);
+        let v = gate::verdict(c.evidence(), &t);
         routes.push(RouteView {
             route: e.label.clone(),
-            mode: e.mode().as_str(),
+            mode: e.mode().as_str().into(),
             percent: e.percent(),
             requests: c.requests,
             mirrored: c.mirrored,
@@ -370,7 +329,7 @@ pub fn routes_view(app: &App) -> RoutesView {
             legacy_p99_ms: Counts::quantile_ms(&c.legacy_lat, 0.99),
             candidate_p50_ms: Counts::quantile_ms(&c.candidate_lat, 0.5),
             candidate_p99_ms: Counts::quantile_ms(&c.candidate_lat, 0.99),
-            noise: e.evidence().noise.noise_keys(&noise_t),
+            noise: e.findings().noise.noise_keys(&noise_t),
             state_version: app.state_version_of(&e.label),
             sparkline: e.stats.rate_series(30),
         });
@@ -389,20 +348,38 @@ pub fn routes_view(app: &App) -> RoutesView {
         })
     });
     RoutesView {
-        gate_thresholds: ThresholdsView {
-            min_samples: t.min_samples,
-            max_mismatch_rate: t.max_mismatch_rate,
-            confidence: t.confidence,
-        },
-        totals: TotalsView {
+        gate_thresholds: Some(t),
+        totals: Some(TotalsView {
             requests,
             mirrored,
             shadow_dropped,
             session_errors,
             uptime_secs: app.started.elapsed().as_secs(),
-        },
+        }),
         state_version: app.state_version(),
         uptime_secs: app.started.elapsed().as_secs(),
         routes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+    }
+
+    #[test]
+    fn tokens_compare_by_digest() {
+        assert!(same_token(b"s3cret", b"s3cret"));
+        assert!(!same_token(b"s3cre", b"s3cret"));
+        assert!(!same_token(b"", b"s3cret"));
+        assert!(!same_token(b"s3cret-and-more", b"s3cret"));
     }
 }

@@ -22,26 +22,39 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the admin API listens by default (`listen.admin`'s default).
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
+
+/// `--admin` values: a URL, or `host:port` (taken as `http://host:port`).
+fn admin_arg(s: &str) -> Result<String, std::convert::Infallible> {
+    Ok(crate::client::admin_url(s))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the shadowing proxy and its admin listener.
+    /// Run the shadowing proxy and its admin listener until Ctrl-C or SIGTERM (SIGHUP reloads).
     Proxy {
-        #[arg(long)]
+        /// The config file (TOML); relative paths in it resolve against its folder.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Draw the dashboard in this process (not built yet).
+        /// Draw the dashboard in this process instead of logging to stderr.
         #[arg(long)]
         tui: bool,
     },
-    /// Validate a config and every rules file it names.
+    /// Validate a config and every rules file it names (exit 64 on a mistake, naming file,
+    /// line and key).
     Check {
-        #[arg(long)]
+        /// The config file to check.
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
     /// The dashboard, reading one or more running proxies (several are summed: one fleet).
     Tui {
-        #[arg(long = "admin", required = true)]
+        /// A proxy's admin API: a URL or host:port; repeat for a fleet.
+        #[arg(long = "admin", value_name = "URL", default_value = DEFAULT_ADMIN, value_parser = admin_arg)]
         admins: Vec<String>,
-        #[arg(long, default_value = "CUTOVER_ADMIN_TOKEN")]
+        /// The environment variable holding the admin token (for samples and the p/r keys).
+        #[arg(long, value_name = "NAME", default_value = "CUTOVER_ADMIN_TOKEN")]
         token_env: String,
     },
     /// In-process legacy and candidate apps, generated traffic, the proxy and the dashboard.
@@ -49,56 +62,87 @@ pub enum Command {
         /// Print a summary table instead of the dashboard.
         #[arg(long)]
         headless: bool,
-        /// Stop after this long (20s, 2m, ...).
-        #[arg(long)]
+        /// Stop after this long (20s, 2m, 500ms, ...); without it, run until q or Ctrl-C.
+        #[arg(long, value_name = "DURATION")]
         duration: Option<String>,
     },
-    /// Print each route's gate verdict; exit 0 when every named route (default: every route in
-    /// shadow mode) passes, 1 otherwise, 2 when a proxy cannot be read.
+    /// Print each route's gate verdict; exit 0 when every named route (default: every
+    /// mirrorable route in shadow mode) passes, 1 otherwise, 2 when a proxy cannot be read.
     Gate {
-        /// Admin URL of a proxy; several are summed as one fleet.
-        #[arg(long = "admin", required = true)]
+        /// A proxy's admin API: a URL or host:port; repeat to judge a fleet's summed counts.
+        #[arg(long = "admin", value_name = "URL", default_value = DEFAULT_ADMIN, value_parser = admin_arg)]
         admins: Vec<String>,
-        #[arg(long = "route")]
+        /// A route pattern as written in the config (repeatable); default: every shadowed route.
+        #[arg(long = "route", value_name = "ROUTE")]
         routes: Vec<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Flip a route to the candidate (or P% of its traffic); refused while its gate is closed.
+    /// Flip a route to the candidate (or P% of its sessions); refused (exit 1) while its gate
+    /// is closed, unless forced with a reason.
     Promote {
+        /// The route's pattern as written in the config, e.g. '/users/{id}'.
         route: String,
-        #[arg(long = "admin", required = true)]
+        /// A proxy's admin API: a URL or host:port; with several, the fleet's summed counts
+        /// are judged.
+        #[arg(long = "admin", value_name = "URL", default_value = DEFAULT_ADMIN, value_parser = admin_arg)]
         admins: Vec<String>,
-        #[arg(long)]
+        /// Serve only this share (1-100) of the route's sessions from the candidate, sticky
+        /// per session.
+        #[arg(long, value_name = "P")]
         percent: Option<u8>,
-        #[arg(long)]
+        /// Promote although the gate is closed (needs --reason; recorded in /api/events).
+        #[arg(long, requires = "reason")]
         force: bool,
-        #[arg(long)]
+        /// Why, kept in /api/events.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        #[arg(long, default_value = "CUTOVER_ADMIN_TOKEN")]
+        /// The environment variable holding the admin token.
+        #[arg(long, value_name = "NAME", default_value = "CUTOVER_ADMIN_TOKEN")]
         token_env: String,
     },
-    /// Flip a route back to shadow.
+    /// Flip a route back to shadow, on every named proxy.
     Rollback {
+        /// The route's pattern as written in the config.
         route: String,
-        #[arg(long = "admin", required = true)]
+        /// A proxy's admin API: a URL or host:port; repeatable.
+        #[arg(long = "admin", value_name = "URL", default_value = DEFAULT_ADMIN, value_parser = admin_arg)]
         admins: Vec<String>,
-        #[arg(long)]
+        /// Why, kept in /api/events.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
-        #[arg(long, default_value = "CUTOVER_ADMIN_TOKEN")]
+        /// The environment variable holding the admin token.
+        #[arg(long, value_name = "NAME", default_value = "CUTOVER_ADMIN_TOKEN")]
         token_env: String,
     },
-    /// Diff two saved responses (raw HTTP responses or bare bodies) with the same engine;
+    /// Clear a route's window, noise and samples (after a candidate fix is deployed), on
+    /// every named proxy.
+    Reset {
+        /// The route's pattern as written in the config.
+        route: String,
+        /// A proxy's admin API: a URL or host:port; repeatable.
+        #[arg(long = "admin", value_name = "URL", default_value = DEFAULT_ADMIN, value_parser = admin_arg)]
+        admins: Vec<String>,
+        /// The environment variable holding the admin token.
+        #[arg(long, value_name = "NAME", default_value = "CUTOVER_ADMIN_TOKEN")]
+        token_env: String,
+    },
+    /// Diff two saved responses (raw HTTP responses or bare bodies) with the proxy's engine;
     /// exit 1 when they differ.
     Diff {
-        #[arg(long = "rules")]
+        /// A rules file applied after the built-in ones (repeatable, in order).
+        #[arg(long = "rules", value_name = "FILE")]
         rules: Vec<PathBuf>,
         /// Leave out the built-in rules (rules/default.toml).
         #[arg(long)]
         no_builtin: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The legacy side's saved response.
         left: PathBuf,
+        /// The candidate side's saved response.
         right: PathBuf,
     },
     /// PHP session tools.
@@ -110,8 +154,9 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum SessionCommand {
-    /// Print a PHP session blob (a file, or stdin) as {"data": …} in the contract's JSON form.
+    /// Print a PHP session blob (a file, or stdin) as {"data": …} in cutover's JSON form.
     Decode {
+        /// PHP's session.serialize_handler.
         #[arg(long, default_value = "php", value_parser = ["php", "php_serialize", "php_binary"])]
         serializer: String,
         /// The blob's file (default: standard input).
@@ -131,17 +176,21 @@ fn session_decode(serializer: &str, file: Option<&std::path::Path>) -> u8 {
         eprintln!("cutover: cannot read the session: {e}");
         return EXIT_RUNTIME;
     }
-    let Some(ser) = crate::session::php::Serializer::parse(serializer) else {
+    let Some(ser) = cutover_session::php::Serializer::parse(serializer) else {
         eprintln!("cutover: unknown serializer {serializer}");
         return EXIT_RUNTIME;
     };
     // PHP allows 4096 nesting levels; the codec recurses per level, so give it room.
     let work = std::thread::Builder::new()
-        .stack_size(crate::session::php::STACK_BYTES)
+        .stack_size(cutover_session::php::STACK_BYTES)
         .spawn(move || {
-            crate::session::php::decode_session(&blob, ser, crate::session::php::DEFAULT_MAX_BYTES)
-                .and_then(|s| s.to_json())
-                .map(|data| serde_json::json!({ "data": data }))
+            cutover_session::php::decode_session(
+                &blob,
+                ser,
+                cutover_session::php::DEFAULT_MAX_BYTES,
+            )
+            .and_then(|s| s.to_json())
+            .map(|data| serde_json::json!({ "data": data }))
         });
     match work.map(|h| h.join()) {
         Ok(Ok(Ok(v))) => {
@@ -176,7 +225,7 @@ fn with_runtime(f: impl std::future::Future<Output = u8>) -> u8 {
 async fn read_fleet(
     client: &crate::client::AdminClient,
     admins: &[String],
-) -> Option<Vec<crate::client::RoutesInfo>> {
+) -> Option<Vec<crate::api::RoutesView>> {
     let mut views = Vec::new();
     for a in admins {
         match client.routes(a).await {
@@ -196,7 +245,7 @@ async fn gate_cmd(admins: Vec<String>, routes: Vec<String>, json: bool) -> u8 {
         return EXIT_RUNTIME;
     };
     let (all, t) = crate::client::fleet(&views);
-    let chosen: Vec<&crate::client::RouteInfo> = if routes.is_empty() {
+    let chosen: Vec<&crate::api::RouteView> = if routes.is_empty() {
         all.iter().filter(|r| r.mode == "shadow").collect()
     } else {
         let mut v = Vec::new();
@@ -253,68 +302,26 @@ fn token_from(env: &str) -> Option<String> {
 }
 
 async fn promote_cmd(
-    route: String,
     admins: Vec<String>,
-    percent: Option<u8>,
-    force: bool,
-    reason: Option<String>,
+    req: crate::client::PromoteRequest,
     token_env: String,
 ) -> u8 {
     let Some(token) = token_from(&token_env) else {
         eprintln!("cutover: promote needs the admin token in ${token_env}");
         return EXIT_RUNTIME;
     };
-    if force && reason.as_deref().unwrap_or("").trim().is_empty() {
+    if req.force && req.reason.as_deref().unwrap_or("").trim().is_empty() {
         eprintln!("cutover: --force needs --reason TEXT");
         return EXIT_RUNTIME;
     }
     let client = crate::client::AdminClient::new(Some(token));
-    let mut url = format!(
-        "{}/api/routes/promote?route={}",
-        admins[0].trim_end_matches('/'),
-        crate::client::q(&route)
-    );
-    if let Some(p) = percent {
-        url.push_str(&format!("&percent={p}"));
-    }
-    if force {
-        url.push_str(&format!(
-            "&force=true&reason={}",
-            crate::client::q(reason.as_deref().unwrap_or(""))
-        ));
-    }
-    if admins.len() > 1 {
-        // The fleet is judged as one: sum every proxy's counts, and record that verdict.
-        let Some(views) = read_fleet(&client, &admins).await else {
-            return EXIT_RUNTIME;
-        };
-        let (all, t) = crate::client::fleet(&views);
-        let Some(r) = all.iter().find(|r| r.route == route) else {
-            eprintln!("cutover: no route {route} on {}", admins.join(", "));
-            return EXIT_RUNTIME;
-        };
-        let verdict = crate::client::judge(r, &t);
-        if !verdict.passing && !force {
-            eprintln!(
-                "cutover: refused: the fleet's gate for {route} is closed: {}",
-                verdict.reason
-            );
-            return EXIT_CHECK_FAILED;
-        }
-        let mut v = verdict.clone();
-        v.reason = format!("fleet of {} proxies: {}", admins.len(), verdict.reason);
-        url.push_str(&format!(
-            "&verdict={}",
-            crate::client::q(&serde_json::to_string(&v).unwrap_or_default())
-        ));
-    }
-    match client.post(&url).await {
+    match crate::client::promote(&client, &admins, &req).await {
         Ok(ev) => {
-            println!("promoted {route}: {}", ev["reason"].as_str().unwrap_or(""));
+            println!("promoted {}: {}", req.route, ev.reason);
             EXIT_OK
         }
-        Err(e) if e.status() == Some(409) => {
-            eprintln!("cutover: refused: {}", e.reason());
+        Err(crate::client::ActionError::Refused(why)) => {
+            eprintln!("cutover: refused: {why}");
             EXIT_CHECK_FAILED
         }
         Err(e) => {
@@ -324,31 +331,32 @@ async fn promote_cmd(
     }
 }
 
-async fn rollback_cmd(
+/// `rollback` and `reset` on every named proxy.
+async fn route_action_cmd(
     route: String,
     admins: Vec<String>,
+    action: crate::client::RouteAction,
     reason: Option<String>,
     token_env: String,
 ) -> u8 {
     let Some(token) = token_from(&token_env) else {
-        eprintln!("cutover: rollback needs the admin token in ${token_env}");
+        eprintln!("cutover: this needs the admin token in ${token_env}");
         return EXIT_RUNTIME;
     };
     let client = crate::client::AdminClient::new(Some(token));
     let mut code = EXIT_OK;
-    for a in &admins {
-        let mut url = format!(
-            "{}/api/routes/rollback?route={}",
-            a.trim_end_matches('/'),
-            crate::client::q(&route)
-        );
-        if let Some(r) = &reason {
-            url.push_str(&format!("&reason={}", crate::client::q(r)));
-        }
-        match client.post(&url).await {
-            Ok(_) => println!("{a}: {route} is back in shadow mode"),
-            Err(e) => {
-                eprintln!("cutover: {a}: {e}");
+    for (admin, result) in
+        crate::client::on_every_proxy(&client, &admins, &route, action, reason.as_deref()).await
+    {
+        match (result, action) {
+            (Ok(_), crate::client::RouteAction::Rollback) => {
+                println!("{admin}: {route} is back in shadow mode")
+            }
+            (Ok(_), crate::client::RouteAction::Reset) => {
+                println!("{admin}: {route}'s window, noise and samples are cleared")
+            }
+            (Err(e), _) => {
+                eprintln!("cutover: {e}");
                 code = EXIT_RUNTIME;
             }
         }
@@ -461,7 +469,7 @@ fn diff_cmd(
             return EXIT_RUNTIME;
         }
     };
-    let decode = |c: crate::diff::Captured| crate::mirror::decoded(c, 256 << 20);
+    let decode = |c: crate::diff::Captured| crate::normalize::decode::decoded(c, 256 << 20);
     let (l, r) = match (
         decode(read_saved_response(&l)),
         decode(read_saved_response(&r)),
@@ -564,7 +572,7 @@ pub fn run(cli: Cli) -> u8 {
             std::env::set_var("CUTOVER_DEMO_SESSION_SECRET", secret);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .thread_stack_size(crate::session::php::STACK_BYTES)
+                .thread_stack_size(cutover_session::php::STACK_BYTES)
                 .build()
             {
                 Ok(rt) => rt,
@@ -594,14 +602,38 @@ pub fn run(cli: Cli) -> u8 {
             reason,
             token_env,
         } => with_runtime(promote_cmd(
-            route, admins, percent, force, reason, token_env,
+            admins,
+            crate::client::PromoteRequest {
+                route,
+                percent,
+                force,
+                reason,
+            },
+            token_env,
         )),
         Command::Rollback {
             route,
             admins,
             reason,
             token_env,
-        } => with_runtime(rollback_cmd(route, admins, reason, token_env)),
+        } => with_runtime(route_action_cmd(
+            route,
+            admins,
+            crate::client::RouteAction::Rollback,
+            reason,
+            token_env,
+        )),
+        Command::Reset {
+            route,
+            admins,
+            token_env,
+        } => with_runtime(route_action_cmd(
+            route,
+            admins,
+            crate::client::RouteAction::Reset,
+            None,
+            token_env,
+        )),
         Command::Diff {
             rules,
             no_builtin,
@@ -646,7 +678,7 @@ pub fn run(cli: Cli) -> u8 {
                 }
             };
             rt.block_on(async move {
-                match crate::proxy::start(cfg).await {
+                match crate::runtime::start(cfg).await {
                     Ok(running) if tui => {
                         let admin = format!("http://{}", running.admin_addr);
                         let token = running.app.admin_token();

@@ -2,7 +2,8 @@
 //! proxies' routes are summed into one fleet view, and the fleet is judged with the same pure
 //! gate function the proxies use.
 
-use crate::gate::{self, Evidence, Thresholds, Verdict};
+use crate::api::{Event, GateView, RouteView, RoutesView};
+use crate::gate::{self, Thresholds, Verdict};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -20,79 +21,8 @@ pub struct AdminClient {
     timeout: Duration,
 }
 
-/// A route as `/api/routes` describes it (fields the client needs).
-#[derive(Debug, Clone, Deserialize, Default)]
-pub struct RouteInfo {
-    pub route: String,
-    pub mode: String,
-    #[serde(default)]
-    pub percent: u8,
-    #[serde(default)]
-    pub requests: u64,
-    #[serde(default)]
-    pub mirrored: u64,
-    pub samples: u64,
-    pub matches: u64,
-    pub mismatches: u64,
-    pub errors: u64,
-    pub skipped: u64,
-    pub mismatch_rate: f64,
-    pub mismatch_upper_bound: f64,
-    pub gate: GateInfo,
-    pub legacy_p50_ms: Option<f64>,
-    #[serde(default)]
-    pub legacy_p99_ms: Option<f64>,
-    pub candidate_p50_ms: Option<f64>,
-    #[serde(default)]
-    pub candidate_p99_ms: Option<f64>,
-    #[serde(default)]
-    pub noise: Vec<NoiseInfo>,
-    #[serde(default)]
-    pub sparkline: Vec<Option<f64>>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-pub struct GateInfo {
-    pub passing: bool,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-pub struct NoiseInfo {
-    pub key: String,
-    pub raw: u64,
-    pub noise: u64,
-    pub suggested_rule: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ThresholdsInfo {
-    pub min_samples: u64,
-    pub max_mismatch_rate: f64,
-    pub confidence: f64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct RoutesInfo {
-    pub state_version: u64,
-    pub routes: Vec<RouteInfo>,
-    pub gate_thresholds: Option<ThresholdsInfo>,
-    #[serde(default)]
-    pub totals: Option<TotalsInfo>,
-}
-
-/// Proxy-wide counters for the TUI header.
-#[derive(Debug, Clone, Deserialize, Default)]
-pub struct TotalsInfo {
-    pub requests: u64,
-    pub mirrored: u64,
-    pub shadow_dropped: u64,
-    pub session_errors: u64,
-    pub uptime_secs: u64,
-}
-
 /// What went wrong talking to a proxy.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     #[error("{url}: {message}")]
     Unreachable { url: String, message: String },
@@ -181,14 +111,28 @@ impl AdminClient {
         })
     }
 
-    pub async fn post(&self, url: &str) -> Result<serde_json::Value, ClientError> {
+    /// POSTs to an admin endpoint that answers with an event.
+    pub async fn post(&self, url: &str) -> Result<Event, ClientError> {
         let body = self.call(http::Method::POST, url).await?;
-        Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        serde_json::from_slice(&body).map_err(|e| ClientError::Unreachable {
+            url: url.into(),
+            message: format!("not the admin API: {e}"),
+        })
     }
 
-    pub async fn routes(&self, admin: &str) -> Result<RoutesInfo, ClientError> {
+    pub async fn routes(&self, admin: &str) -> Result<RoutesView, ClientError> {
         self.get_json(&format!("{}/api/routes", admin.trim_end_matches('/')))
             .await
+    }
+}
+
+/// An admin address as the user wrote it (`http://host:9090`, or `host:9090`) as a base URL.
+pub fn admin_url(s: &str) -> String {
+    let s = s.trim().trim_end_matches('/');
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
     }
 }
 
@@ -200,21 +144,16 @@ pub fn q(v: &str) -> String {
 /// Routes of several proxies summed by route label: counts add up, rates and bounds are
 /// recomputed, latencies take the worst proxy, the mode is the first proxy's (with
 /// `mixed` when they disagree).
-pub fn fleet(views: &[RoutesInfo]) -> (Vec<RouteInfo>, Thresholds) {
+pub fn fleet(views: &[RoutesView]) -> (Vec<RouteView>, Thresholds) {
     let t = views
         .iter()
-        .find_map(|v| v.gate_thresholds.clone())
-        .map(|t| Thresholds {
-            min_samples: t.min_samples,
-            max_mismatch_rate: t.max_mismatch_rate,
-            confidence: t.confidence,
-        })
+        .find_map(|v| v.gate_thresholds)
         .unwrap_or(Thresholds {
             min_samples: 1000,
             max_mismatch_rate: 0.001,
             confidence: 0.95,
         });
-    let mut by: BTreeMap<String, RouteInfo> = BTreeMap::new();
+    let mut by: BTreeMap<String, RouteView> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for v in views {
         for r in &v.routes {
@@ -260,7 +199,7 @@ pub fn fleet(views: &[RoutesInfo]) -> (Vec<RouteInfo>, Thresholds) {
             let v = judge(&r, &t);
             r.mismatch_rate = v.rate;
             r.mismatch_upper_bound = v.upper_bound;
-            r.gate = GateInfo {
+            r.gate = GateView {
                 passing: v.passing,
                 reason: v.reason,
             };
@@ -271,12 +210,133 @@ pub fn fleet(views: &[RoutesInfo]) -> (Vec<RouteInfo>, Thresholds) {
 }
 
 /// The gate's verdict for a (possibly summed) route.
-pub fn judge(r: &RouteInfo, t: &Thresholds) -> Verdict {
+pub fn judge(r: &RouteView, t: &Thresholds) -> Verdict {
     gate::verdict(
-        Evidence {
+        gate::Evidence {
             samples: r.samples,
             failures: r.mismatches + r.errors,
         },
         t,
     )
+}
+
+/// Why a promote, rollback or reset did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ActionError {
+    /// The gate is closed (the proxy's, or the fleet's): its reason.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("no route {route} on {admins}")]
+    NoRoute { route: String, admins: String },
+    #[error("{0}")]
+    Client(#[from] ClientError),
+}
+
+/// What to promote.
+#[derive(Debug, Clone)]
+pub struct PromoteRequest {
+    pub route: String,
+    pub percent: Option<u8>,
+    pub force: bool,
+    pub reason: Option<String>,
+}
+
+/// Promotes a route on a proxy, or on a fleet judged as one: with several admin URLs every
+/// proxy's counts are summed and judged; when the fleet passes, the first proxy is asked to
+/// promote (the others follow through the state store). A proxy judges a promotion on its own
+/// counts, so when its own gate is closed but the fleet's passes, the promotion is sent forced,
+/// with the fleet's verdict as its recorded reason.
+pub async fn promote(
+    client: &AdminClient,
+    admins: &[String],
+    req: &PromoteRequest,
+) -> Result<Event, ActionError> {
+    let first = admins.first().map(String::as_str).unwrap_or("");
+    let url = |force: bool, reason: Option<&str>| {
+        let mut url = format!(
+            "{}/api/routes/promote?route={}",
+            first.trim_end_matches('/'),
+            q(&req.route)
+        );
+        if let Some(p) = req.percent {
+            url.push_str(&format!("&percent={p}"));
+        }
+        if force {
+            url.push_str(&format!("&force=true&reason={}", q(reason.unwrap_or(""))));
+        } else if let Some(r) = reason.filter(|r| !r.is_empty()) {
+            url.push_str(&format!("&reason={}", q(r)));
+        }
+        url
+    };
+    if req.force || admins.len() < 2 {
+        return match client.post(&url(req.force, req.reason.as_deref())).await {
+            Ok(ev) => Ok(ev),
+            Err(e) if e.status() == Some(409) => Err(ActionError::Refused(e.reason())),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let mut views = Vec::new();
+    for a in admins {
+        views.push(client.routes(a).await?);
+    }
+    let (all, t) = fleet(&views);
+    let Some(r) = all.iter().find(|r| r.route == req.route) else {
+        return Err(ActionError::NoRoute {
+            route: req.route.clone(),
+            admins: admins.join(", "),
+        });
+    };
+    let verdict = judge(r, &t);
+    if !verdict.passing {
+        return Err(ActionError::Refused(format!(
+            "the fleet's gate for {} is closed: {}",
+            req.route, verdict.reason
+        )));
+    }
+    let fleet_reason = format!(
+        "fleet of {} proxies passes: {}",
+        admins.len(),
+        verdict.reason
+    );
+    match client.post(&url(false, Some(&fleet_reason))).await {
+        Ok(ev) => Ok(ev),
+        Err(e) if e.status() == Some(409) => {
+            Ok(client.post(&url(true, Some(&fleet_reason))).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What to do to a route on every proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    Rollback,
+    Reset,
+}
+
+/// Rolls a route back (or resets its window) on every proxy; one result per admin URL.
+pub async fn on_every_proxy(
+    client: &AdminClient,
+    admins: &[String],
+    route: &str,
+    action: RouteAction,
+    reason: Option<&str>,
+) -> Vec<(String, Result<Event, ClientError>)> {
+    let path = match action {
+        RouteAction::Rollback => "rollback",
+        RouteAction::Reset => "reset",
+    };
+    let mut out = Vec::new();
+    for a in admins {
+        let mut url = format!(
+            "{}/api/routes/{path}?route={}",
+            a.trim_end_matches('/'),
+            q(route)
+        );
+        if let Some(r) = reason {
+            url.push_str(&format!("&reason={}", q(r)));
+        }
+        out.push((a.clone(), client.post(&url).await));
+    }
+    out
 }

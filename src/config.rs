@@ -1,76 +1,87 @@
-//! Configuration: the TOML file of the contract, parsed with serde (`deny_unknown_fields`) and
-//! validated before anything binds. Every error names the file, the line and the key, so a
-//! mistake in a 200-line config is found at once; the CLI maps [`ConfigError`] to exit 64.
+//! Configuration: the TOML file, parsed with serde (`deny_unknown_fields`) and validated before
+//! anything binds (`from_str` → `validate()`). Addresses, upstream URLs and patterns are parsed
+//! once, here. Every error names the file, the line and the key, so a mistake in a 200-line
+//! config is found at once; the CLI maps [`ConfigError`] to exit 64.
 //!
 //! Fields whose values need checking beyond their type are kept as [`toml::Spanned`] so a
 //! validation error can point at the line where the value was written.
 
-use serde::Deserialize;
+pub use crate::located::ConfigError;
+use crate::located::{line_of, read_file, toml_error};
+use crate::mode::Mode;
+use crate::normalize::{RuleSet, Rules};
+use crate::route::{Pattern, RouteSettings, RouteSpec};
+use crate::upstream::UpstreamUrl;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 use toml::Spanned;
 
-/// A configuration mistake, located.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: key `{key}`: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    /// 1-based line; 0 when the problem is not at one place (for example an unreadable file).
-    pub line: usize,
-    pub key: String,
-    pub message: String,
+/// A listening address, parsed when the config loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(ListenAddr).map_err(|_| {
+            serde::de::Error::custom(format!("`{s}` is not an address like 127.0.0.1:8080"))
+        })
+    }
 }
 
-/// Route and default modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// PHP only.
-    Legacy,
-    /// PHP serves, the candidate is mirrored and compared.
-    Shadow,
-    /// The candidate serves.
-    Candidate,
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UpstreamUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
-impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Legacy, Mode::Shadow, Mode::Candidate];
+/// An HTTP method, checked when the config loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodName(pub http::Method);
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Legacy => "legacy",
-            Mode::Shadow => "shadow",
-            Mode::Candidate => "candidate",
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+            Ok(m) if !s.is_empty() => Ok(MethodName(m)),
+            _ => Err(serde::de::Error::custom(format!(
+                "`{s}` is not an HTTP method"
+            ))),
         }
     }
+}
 
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.as_str() == s)
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Pattern::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
+    /// Client traffic.
     #[serde(default = "default_proxy_addr")]
-    pub proxy: Spanned<String>,
+    pub proxy: ListenAddr,
+    /// `/metrics`, `/api/*`, `/healthz`; loopback by default.
     #[serde(default = "default_admin_addr")]
-    pub admin: Spanned<String>,
-    /// Addition: proxy worker threads (0: one per core).
+    pub admin: ListenAddr,
+    /// Proxy worker threads (0: one per core).
     #[serde(default)]
     pub workers: usize,
 }
 
-fn default_proxy_addr() -> Spanned<String> {
-    Spanned::new(0..0, "127.0.0.1:8080".to_string())
+fn default_proxy_addr() -> ListenAddr {
+    ListenAddr(SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
-fn default_admin_addr() -> Spanned<String> {
-    Spanned::new(0..0, "127.0.0.1:9090".to_string())
+fn default_admin_addr() -> ListenAddr {
+    ListenAddr(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 
 impl Default for Listen {
@@ -86,15 +97,15 @@ impl Default for Listen {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstreams {
-    pub legacy: Spanned<String>,
-    pub candidate: Spanned<String>,
+    pub legacy: UpstreamUrl,
+    pub candidate: UpstreamUrl,
     #[serde(default)]
-    pub legacy_twin: Option<Spanned<String>>,
+    pub legacy_twin: Option<UpstreamUrl>,
     /// Extra PEM file of CA certificates trusted for `https://` upstreams (system roots always are).
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
     /// Connections open to each upstream at once, per proxy (spread over its workers); more
-    /// requests wait for one (an addition to the contract).
+    /// requests wait for one.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
 }
@@ -131,7 +142,18 @@ pub enum SerializerKind {
     PhpBinary,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl SerializerKind {
+    pub fn serializer(self) -> cutover_session::php::Serializer {
+        use cutover_session::php::Serializer;
+        match self {
+            SerializerKind::Php => Serializer::Php,
+            SerializerKind::PhpBinary => Serializer::PhpBinary,
+            SerializerKind::PhpSerialize => Serializer::PhpSerialize,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
     #[serde(default = "default_cookie")]
@@ -189,13 +211,13 @@ impl Default for Session {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionFiles {
     pub path: Spanned<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionDynamo {
     #[serde(default = "default_sessions_table")]
@@ -205,7 +227,7 @@ pub struct SessionDynamo {
     #[serde(default = "default_data_attribute")]
     pub data_attribute: String,
     #[serde(default)]
-    pub endpoint: Option<Spanned<String>>,
+    pub endpoint: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
 }
@@ -220,7 +242,7 @@ fn default_data_attribute() -> String {
     "data".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRedis {
     pub url: Spanned<String>,
@@ -240,7 +262,7 @@ pub struct Defaults {
     #[serde(default = "default_sample")]
     pub sample: Spanned<f64>,
     #[serde(default = "default_mirror_methods")]
-    pub mirror_methods: Vec<Spanned<String>>,
+    pub mirror_methods: Vec<MethodName>,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: u64,
     #[serde(default = "default_candidate_timeout")]
@@ -250,7 +272,7 @@ pub struct Defaults {
     #[serde(default = "default_true")]
     pub builtin_rules: bool,
     #[serde(default = "default_max_routes")]
-    pub max_routes: usize,
+    pub max_routes: Spanned<usize>,
 }
 
 fn default_mode() -> Mode {
@@ -259,11 +281,11 @@ fn default_mode() -> Mode {
 fn default_sample() -> Spanned<f64> {
     Spanned::new(0..0, 1.0)
 }
-fn default_mirror_methods() -> Vec<Spanned<String>> {
-    ["GET", "HEAD"]
-        .iter()
-        .map(|m| Spanned::new(0..0, m.to_string()))
-        .collect()
+fn default_mirror_methods() -> Vec<MethodName> {
+    vec![
+        MethodName(http::Method::GET),
+        MethodName(http::Method::HEAD),
+    ]
 }
 fn default_max_body() -> u64 {
     4 * 1024 * 1024
@@ -274,8 +296,8 @@ fn default_candidate_timeout() -> u64 {
 fn default_true() -> bool {
     true
 }
-fn default_max_routes() -> usize {
-    500
+fn default_max_routes() -> Spanned<usize> {
+    Spanned::new(0..0, 500)
 }
 
 impl Default for Defaults {
@@ -293,20 +315,20 @@ impl Default for Defaults {
     }
 }
 
-/// Bounds of the mirror dispatcher (an addition to the contract: `[mirror]`).
+/// Bounds of the mirror dispatcher (`[mirror]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mirror {
     /// Candidate calls in flight at once, over all routes.
     #[serde(default = "default_mirror_concurrency")]
-    pub concurrency: usize,
+    pub concurrency: Spanned<usize>,
     /// Mirrors waiting for a slot; past this they are dropped (`reason="queue_full"`).
     #[serde(default = "default_mirror_queue")]
     pub queue: usize,
 }
 
-fn default_mirror_concurrency() -> usize {
-    256
+fn default_mirror_concurrency() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
 }
 fn default_mirror_queue() -> usize {
     1024
@@ -346,25 +368,35 @@ impl Default for Noise {
     }
 }
 
+impl Noise {
+    pub fn thresholds(&self) -> crate::noise::Thresholds {
+        crate::noise::Thresholds {
+            relative: self.relative_threshold,
+            absolute: self.absolute_threshold,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Samples {
     #[serde(default = "default_per_route")]
     pub per_route: usize,
+    /// Header names whose values are redacted, on top of the built-in credential list.
     #[serde(default = "default_redact_headers")]
     pub redact_headers: Vec<String>,
     #[serde(default)]
     pub jsonl_path: String,
-    /// Addition: the JSONL file is rotated to `<path>.1` past this size.
+    /// The JSONL file is rotated to `<path>.1` past this size.
     #[serde(default = "default_jsonl_max")]
     pub jsonl_max_bytes: u64,
-    /// Addition: JSON pointers (with `*`) whose values are redacted in samples.
+    /// JSON pointers (with `*`) whose values are redacted in samples.
     #[serde(default)]
     pub redact_pointers: Vec<String>,
-    /// Addition: regexes whose matches are redacted in samples.
+    /// Regexes whose matches are redacted in samples.
     #[serde(default)]
-    pub redact_patterns: Vec<String>,
-    /// Addition: keep (redacted) request bodies in samples; off by default, they hold user data.
+    pub redact_patterns: Vec<Spanned<String>>,
+    /// Keep (redacted) request bodies in samples; off by default, they hold user data.
     #[serde(default)]
     pub keep_request_bodies: bool,
 }
@@ -391,6 +423,18 @@ impl Default for Samples {
             redact_patterns: Vec::new(),
             keep_request_bodies: false,
         }
+    }
+}
+
+impl Samples {
+    /// The redactor these settings describe (validated when the config loads).
+    pub fn redactor(&self) -> Result<crate::samples::Redactor, crate::samples::RedactError> {
+        let patterns: Vec<String> = self
+            .redact_patterns
+            .iter()
+            .map(|p| p.get_ref().clone())
+            .collect();
+        crate::samples::Redactor::new(&self.redact_headers, &self.redact_pointers, &patterns)
     }
 }
 
@@ -440,6 +484,16 @@ impl Default for Gate {
     }
 }
 
+impl Gate {
+    pub fn thresholds(&self) -> crate::gate::Thresholds {
+        crate::gate::Thresholds {
+            min_samples: self.min_samples,
+            max_mismatch_rate: *self.max_mismatch_rate.get_ref(),
+            confidence: *self.confidence.get_ref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StateStoreKind {
@@ -447,7 +501,7 @@ pub enum StateStoreKind {
     Dynamodb,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub store: StateStoreKind,
@@ -495,21 +549,28 @@ impl Default for Admin {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    pub pattern: Spanned<String>,
+    pub pattern: Spanned<Pattern>,
     #[serde(default)]
     pub mode: Option<Mode>,
     #[serde(default)]
     pub rules: Vec<Spanned<String>>,
     #[serde(default)]
-    pub mirror_methods: Option<Vec<Spanned<String>>>,
+    pub mirror_methods: Option<Vec<MethodName>>,
     #[serde(default)]
-    pub candidate: Option<Spanned<String>>,
+    pub candidate: Option<UpstreamUrl>,
     #[serde(default)]
     pub sample: Option<Spanned<f64>>,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub candidate_timeout_ms: Option<u64>,
+}
+
+impl Route {
+    /// The pattern as written: the route's label.
+    pub fn label(&self) -> &str {
+        self.pattern.get_ref().as_str()
+    }
 }
 
 /// The whole configuration file.
@@ -548,62 +609,6 @@ pub struct Config {
     pub path: Option<PathBuf>,
 }
 
-/// A validated `http://` or `https://` upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    /// Path prefix prepended to the request path (without a trailing slash).
-    pub base_path: String,
-}
-
-impl UpstreamUrl {
-    pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
-        let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no scheme (use http:// or https://)"))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(format!(
-                "`{s}`: only http:// and https:// upstreams are supported"
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{s}` has no host"))?;
-        if uri.query().is_some() {
-            return Err(format!("`{s}`: an upstream URL cannot have a query"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamUrl {
-            scheme,
-            authority,
-            base_path,
-        })
-    }
-
-    /// The origin-form URI (path and query) of a request to this upstream, for the path and
-    /// query of the client's request: the upstream's base path, if any, goes in front.
-    pub fn origin_form(
-        &self,
-        path_and_query: Option<&http::uri::PathAndQuery>,
-    ) -> Result<http::Uri, http::Error> {
-        match path_and_query {
-            // The common case: the client's path as it came, without copying it.
-            Some(pq) if self.base_path.is_empty() => Ok(http::Uri::from(pq.clone())),
-            pq => {
-                let pq = pq.map_or("/", |p| p.as_str());
-                let mut joined = String::with_capacity(self.base_path.len() + pq.len());
-                joined.push_str(&self.base_path);
-                joined.push_str(pq);
-                Ok(http::Uri::try_from(joined)?)
-            }
-        }
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -636,69 +641,57 @@ impl Config {
         }
     }
 
-    fn err<T>(
+    /// Proxy worker threads: `listen.workers`, or one per core when 0.
+    pub fn workers(&self) -> usize {
+        match self.listen.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
+
+    /// The `ca_file` for `https://` upstreams, resolved.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.upstreams
+            .ca_file
+            .as_ref()
+            .map(|c| self.resolve(c.get_ref()))
+    }
+
+    fn located(
         &self,
         text: &str,
         span: std::ops::Range<usize>,
         key: &str,
         message: String,
-    ) -> Result<T, ConfigError> {
-        Err(ConfigError {
+    ) -> ConfigError {
+        ConfigError {
             file: self.source_name.clone(),
             line: line_of(text, span.start, span.end),
             key: key.to_string(),
             message,
-        })
+        }
     }
 
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let max_conns = &self.upstreams.max_connections;
-        if *max_conns.get_ref() == 0 {
-            return self.err(
-                text,
-                max_conns.span(),
-                "upstreams.max_connections",
-                "must be at least 1".to_string(),
-            );
-        }
-        for (key, addr) in [
-            ("listen.proxy", &self.listen.proxy),
-            ("listen.admin", &self.listen.admin),
-        ] {
-            if addr.get_ref().parse::<SocketAddr>().is_err() {
-                return self.err(
-                    text,
-                    addr.span(),
-                    key,
-                    format!("`{}` is not an address like 127.0.0.1:8080", addr.get_ref()),
-                );
-            }
-        }
-        let mut urls = vec![
-            ("upstreams.legacy", &self.upstreams.legacy),
-            ("upstreams.candidate", &self.upstreams.candidate),
+        let err = |span: std::ops::Range<usize>, key: &str, message: String| {
+            Err(self.located(text, span, key, message))
+        };
+        let at_least_one = [
+            ("upstreams.max_connections", &self.upstreams.max_connections),
+            ("defaults.max_routes", &self.defaults.max_routes),
+            ("mirror.concurrency", &self.mirror.concurrency),
         ];
-        if let Some(twin) = &self.upstreams.legacy_twin {
-            urls.push(("upstreams.legacy_twin", twin));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if let Some(c) = &r.candidate {
-                // The key names are built below for the message; keep the borrow simple here.
-                if let Err(m) = UpstreamUrl::parse(c.get_ref()) {
-                    return self.err(text, c.span(), &format!("route[{i}].candidate"), m);
-                }
-            }
-        }
-        for (key, url) in urls {
-            if let Err(m) = UpstreamUrl::parse(url.get_ref()) {
-                return self.err(text, url.span(), key, m);
+        for (key, v) in at_least_one {
+            if *v.get_ref() == 0 {
+                return err(v.span(), key, "must be at least 1".into());
             }
         }
         if let Some(ca) = &self.upstreams.ca_file {
             let path = self.resolve(ca.get_ref());
             if !path.is_file() {
-                return self.err(
-                    text,
+                return err(
                     ca.span(),
                     "upstreams.ca_file",
                     format!("{} does not exist", path.display()),
@@ -706,56 +699,25 @@ impl Config {
             }
         }
         check_fraction(self, text, &self.defaults.sample, "defaults.sample")?;
-        check_methods(
-            self,
-            text,
-            &self.defaults.mirror_methods,
-            "defaults.mirror_methods",
-        )?;
         check_rules(self, text, &self.defaults.rules, "defaults.rules")?;
-        if self.defaults.max_routes == 0 {
-            return self.err(
-                text,
-                0..0,
-                "defaults.max_routes",
-                "must be at least 1".into(),
-            );
-        }
-        if self.mirror.concurrency == 0 {
-            return self.err(
-                text,
-                0..0,
-                "mirror.concurrency",
-                "must be at least 1".into(),
-            );
-        }
         let mut seen = BTreeMap::new();
         for (i, r) in self.routes.iter().enumerate() {
-            let key = format!("route[{i}].pattern");
-            if let Err(m) = crate::route::Pattern::parse(r.pattern.get_ref()) {
-                return self.err(text, r.pattern.span(), &key, m);
-            }
-            if let Some(prev) = seen.insert(r.pattern.get_ref().clone(), i) {
-                return self.err(
-                    text,
+            if let Some(prev) = seen.insert(r.label().to_string(), i) {
+                return err(
                     r.pattern.span(),
-                    &key,
+                    &format!("route[{i}].pattern"),
                     format!("the same pattern as route[{prev}]; the second can never match"),
                 );
             }
             if let Some(s) = &r.sample {
                 check_fraction(self, text, s, &format!("route[{i}].sample"))?;
             }
-            if let Some(m) = &r.mirror_methods {
-                check_methods(self, text, m, &format!("route[{i}].mirror_methods"))?;
-            }
             check_rules(self, text, &r.rules, &format!("route[{i}].rules"))?;
         }
         let g = &self.gate;
         let rate = *g.max_mismatch_rate.get_ref();
         if !(0.0..1.0).contains(&rate) {
-            return self.err(
-                text,
+            return err(
                 g.max_mismatch_rate.span(),
                 "gate.max_mismatch_rate",
                 format!("{rate} is not in [0, 1)"),
@@ -763,16 +725,14 @@ impl Config {
         }
         let conf = *g.confidence.get_ref();
         if !(conf > 0.5 && conf < 1.0) {
-            return self.err(
-                text,
+            return err(
                 g.confidence.span(),
                 "gate.confidence",
                 format!("{conf} is not in (0.5, 1)"),
             );
         }
         if *g.window_secs.get_ref() < 60 {
-            return self.err(
-                text,
+            return err(
                 g.window_secs.span(),
                 "gate.window_secs",
                 "must be at least 60".into(),
@@ -780,16 +740,14 @@ impl Config {
         }
         match self.session.store {
             StoreKind::Files if self.session.files.is_none() => {
-                return self.err(
-                    text,
+                return err(
                     0..0,
                     "session.files.path",
                     "store = \"files\" needs [session.files] path".into(),
                 )
             }
             StoreKind::Redis if self.session.redis.is_none() => {
-                return self.err(
-                    text,
+                return err(
                     0..0,
                     "session.redis.url",
                     "store = \"redis\" needs [session.redis] url".into(),
@@ -797,50 +755,100 @@ impl Config {
             }
             _ => {}
         }
-        if let Err(m) = crate::samples::Redactor::new(
-            &self.samples.redact_headers,
-            &self.samples.redact_pointers,
-            &self.samples.redact_patterns,
-        ) {
-            return self.err(text, 0..0, "samples.redact_patterns", m);
-        }
-        if let Some(f) = &self.session.files {
-            if crate::session::files::SavePath::parse(f.path.get_ref()).is_err() {
-                return self.err(
-                    text,
-                    f.path.span(),
-                    "session.files.path",
-                    format!("`{}` is not a session.save_path", f.path.get_ref()),
+        for (i, p) in self.samples.redact_patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(p.get_ref()) {
+                return err(
+                    p.span(),
+                    &format!("samples.redact_patterns[{i}]"),
+                    format!("not a regex: {e}"),
                 );
             }
         }
+        if let Some(f) = &self.session.files {
+            if let Err(e) = cutover_session::files::SavePath::parse(f.path.get_ref()) {
+                return err(
+                    f.path.span(),
+                    "session.files.path",
+                    format!("`{}` is not a session.save_path: {e}", f.path.get_ref()),
+                );
+            }
+        }
+        if let Some(r) = &self.session.redis {
+            if let Err(e) = redis::Client::open(r.url.get_ref().as_str()) {
+                return err(r.url.span(), "session.redis.url", e.to_string());
+            }
+        }
         Ok(())
+    }
+
+    /// The compiled rules of a route: the built-in ones, the defaults' list, then `route_rules`.
+    pub fn rules_for(&self, route_rules: &[Spanned<String>]) -> Result<Rules, ConfigError> {
+        let mut sets = Vec::new();
+        if self.defaults.builtin_rules {
+            sets.push(Arc::new(RuleSet::builtin()?));
+        }
+        for r in self.defaults.rules.iter().chain(route_rules.iter()) {
+            sets.push(Arc::new(RuleSet::load(&self.resolve(r.get_ref()))?));
+        }
+        Ok(Rules::compile(&sets))
+    }
+
+    /// What automatic route labels get: the defaults, with the defaults' rules.
+    pub fn default_route_settings(&self) -> Result<RouteSettings, ConfigError> {
+        let d = &self.defaults;
+        Ok(RouteSettings {
+            mode: d.mode,
+            sample: *d.sample.get_ref(),
+            mirror_methods: d.mirror_methods.iter().map(|m| m.0.clone()).collect(),
+            max_body_bytes: usize::try_from(d.max_body_bytes).unwrap_or(usize::MAX),
+            candidate_timeout: Duration::from_millis(d.candidate_timeout_ms),
+            candidate: Arc::new(self.upstreams.candidate.clone()),
+            rules: Arc::new(self.rules_for(&[])?),
+        })
+    }
+
+    /// Every configured route with its settings (the defaults' where it says nothing).
+    pub fn route_specs(&self) -> Result<Vec<RouteSpec>, ConfigError> {
+        let defaults = self.default_route_settings()?;
+        let mut out = Vec::with_capacity(self.routes.len());
+        for r in &self.routes {
+            let rules = if r.rules.is_empty() {
+                defaults.rules.clone()
+            } else {
+                Arc::new(self.rules_for(&r.rules)?)
+            };
+            out.push(RouteSpec {
+                label: r.label().to_string(),
+                pattern: r.pattern.get_ref().clone(),
+                settings: RouteSettings {
+                    mode: r.mode.unwrap_or(defaults.mode),
+                    sample: r.sample.as_ref().map_or(defaults.sample, |s| *s.get_ref()),
+                    mirror_methods: r.mirror_methods.as_ref().map_or_else(
+                        || defaults.mirror_methods.clone(),
+                        |m| m.iter().map(|m| m.0.clone()).collect(),
+                    ),
+                    max_body_bytes: r.max_body_bytes.map_or(defaults.max_body_bytes, |b| {
+                        usize::try_from(b).unwrap_or(usize::MAX)
+                    }),
+                    candidate_timeout: r
+                        .candidate_timeout_ms
+                        .map_or(defaults.candidate_timeout, Duration::from_millis),
+                    candidate: r
+                        .candidate
+                        .as_ref()
+                        .map_or_else(|| defaults.candidate.clone(), |c| Arc::new(c.clone())),
+                    rules,
+                },
+            });
+        }
+        Ok(out)
     }
 }
 
 fn check_fraction(c: &Config, text: &str, v: &Spanned<f64>, key: &str) -> Result<(), ConfigError> {
     let x = *v.get_ref();
     if !(0.0..=1.0).contains(&x) {
-        return c.err(text, v.span(), key, format!("{x} is not between 0 and 1"));
-    }
-    Ok(())
-}
-
-fn check_methods(
-    c: &Config,
-    text: &str,
-    methods: &[Spanned<String>],
-    key: &str,
-) -> Result<(), ConfigError> {
-    for m in methods {
-        if http::Method::from_bytes(m.get_ref().as_bytes()).is_err() || m.get_ref().is_empty() {
-            return c.err(
-                text,
-                m.span(),
-                key,
-                format!("`{}` is not an HTTP method", m.get_ref()),
-            );
-        }
+        return Err(c.located(text, v.span(), key, format!("{x} is not between 0 and 1")));
     }
     Ok(())
 }
@@ -853,136 +861,21 @@ fn check_rules(
 ) -> Result<(), ConfigError> {
     for r in rules {
         let path = c.resolve(r.get_ref());
-        if let Err(e) = crate::normalize::RuleSet::load(&path) {
-            return c.err(
+        if let Err(e) = RuleSet::load(&path) {
+            return Err(c.located(
                 text,
                 r.span(),
                 key,
                 format!("rules file {}: {e}", path.display()),
-            );
+            ));
         }
     }
     Ok(())
 }
 
-/// A config or rules file's name (for errors) and text.
-pub fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
-    let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((name, text)),
-        Err(e) => Err(ConfigError {
-            file: name,
-            line: 0,
-            key: "-".into(),
-            message: format!("cannot read the file: {e}"),
-        }),
-    }
-}
-
-/// 1-based line of a byte offset; 0 for a default value that has no place in the file.
-pub fn line_of(text: &str, start: usize, end: usize) -> usize {
-    if start == 0 && end == 0 {
-        return 0;
-    }
-    let start = start.min(text.len());
-    text.as_bytes()[..start]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// The dotted key written at byte `offset` (`defaults.sample`, `route[2].mode`), from the
-/// `key = value` on that line and the table header above it.
-pub fn key_at(text: &str, offset: usize) -> Option<String> {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim().trim_matches('"');
-    if key.is_empty() || key.starts_with('[') {
-        return None;
-    }
-    let before = &text[..line_start];
-    let header = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['));
-    let table = match header {
-        None => return Some(key.to_string()),
-        Some(h) if h.starts_with("[[") => {
-            let name = h
-                .trim_start_matches("[[")
-                .split("]]")
-                .next()
-                .unwrap_or("")
-                .trim();
-            let index = before
-                .lines()
-                .filter(|l| l.trim() == h)
-                .count()
-                .saturating_sub(1);
-            format!("{name}[{index}]")
-        }
-        Some(h) => h
-            .trim_start_matches('[')
-            .split(']')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
-    };
-    Some(format!("{table}.{key}"))
-}
-
-/// Turns a toml/serde error into a located [`ConfigError`]: the key is the dotted key at the
-/// error's place, or the text there when it is not on a `key = value` line.
-pub fn toml_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, key) = match e.span() {
-        Some(span) => {
-            let key = key_at(text, span.start).unwrap_or_else(|| {
-                let snippet = text.get(span.clone()).unwrap_or("").trim();
-                snippet
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(60)
-                    .collect()
-            });
-            (line_of(text, span.start.max(1), span.end), key)
-        }
-        None => (0, String::new()),
-    };
-    let key = if key.is_empty() { "-".to_string() } else { key };
-    ConfigError {
-        file: name.to_string(),
-        line,
-        key,
-        message: e.message().to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_named_with_their_table() {
-        let t =
-            "a = 1\n[defaults]\nsample = 2\n[[route]]\npattern = \"/a\"\n[[route]]\nmode = \"x\"\n";
-        assert_eq!(key_at(t, 2).as_deref(), Some("a"));
-        assert_eq!(
-            key_at(t, t.find("sample").expect("in text") + 9).as_deref(),
-            Some("defaults.sample")
-        );
-        assert_eq!(
-            key_at(t, t.find("mode").expect("in text")).as_deref(),
-            Some("route[1].mode")
-        );
-        assert_eq!(key_at(t, t.find("[defaults]").expect("in text")), None);
-    }
 
     #[test]
     fn defaults_of_the_contract() {
@@ -992,13 +885,14 @@ mod tests {
             Path::new("."),
         )
         .expect("minimal config");
-        assert_eq!(c.listen.proxy.get_ref(), "127.0.0.1:8080");
-        assert_eq!(c.listen.admin.get_ref(), "127.0.0.1:9090");
+        assert_eq!(c.listen.proxy.0.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.listen.admin.0.to_string(), "127.0.0.1:9090");
         assert_eq!(c.defaults.mode, Mode::Shadow);
         assert_eq!(c.defaults.max_body_bytes, 4_194_304);
-        assert_eq!(c.defaults.max_routes, 500);
+        assert_eq!(*c.defaults.max_routes.get_ref(), 500);
         assert_eq!(c.gate.min_samples, 1000);
         assert_eq!(c.session.store, StoreKind::None);
         assert_eq!(c.samples.per_route, 20);
+        assert_eq!(c.upstreams.legacy.authority.as_str(), "a");
     }
 }

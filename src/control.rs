@@ -1,74 +1,34 @@
 //! Changing what the proxy does while it runs: promote, rollback and reset a route (judged by
-//! the gate), reload config and rules, and the event log of all of those. The admin API, the
-//! state poller and auto-rollback all come through here, so every change is logged the same way.
+//! the gate), reload config and rules, apply the fleet's stored modes (polling the state store),
+//! and roll back failing promoted routes by themselves. The admin API, SIGHUP, the state poller
+//! and auto-rollback all come through here, so every change is logged as an event the same way.
 
-use crate::config::{Config, Mode};
+use crate::api::Event;
+use crate::app::App;
+use crate::config::Config;
 use crate::gate::{self, Verdict};
-use crate::proxy::table::{load_rules, RouteEntry};
-use crate::proxy::App;
-use serde::Serialize;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-
-/// Events kept in memory (the oldest are dropped).
-pub const MAX_EVENTS: usize = 1000;
-
-/// One entry of `GET /api/events`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub at: u64,
-    /// `promote`, `forced_promote`, `rollback`, `auto_rollback`, `reset`, `reload`,
-    /// `reload_failed`, `state_applied`.
-    pub kind: String,
-    pub route: Option<String>,
-    pub reason: String,
-    pub mode: Option<&'static str>,
-    pub percent: Option<u8>,
-    /// The route's verdict at that moment.
-    pub verdict: Option<Verdict>,
-}
-
-#[derive(Default)]
-pub struct Events {
-    list: Mutex<VecDeque<Event>>,
-}
-
-impl Events {
-    pub fn push(&self, e: Event) {
-        tracing::info!(target: "cutover::events", kind = %e.kind, route = ?e.route, reason = %e.reason, "event");
-        let mut l = match self.list.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        if l.len() >= MAX_EVENTS {
-            l.pop_front();
-        }
-        l.push_back(e);
-    }
-
-    /// Oldest first.
-    pub fn all(&self) -> Vec<Event> {
-        match self.list.lock() {
-            Ok(l) => l.iter().cloned().collect(),
-            Err(p) => p.into_inner().iter().cloned().collect(),
-        }
-    }
-}
+use crate::mode::Mode;
+use crate::route::RouteEntry;
+use std::sync::Arc;
 
 /// Why a control action was refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    #[error("no route {0}")]
     NoSuchRoute(String),
     /// The gate is closed; the verdict says why.
+    #[error("the gate is closed: {}", .0.reason)]
     GateClosed(Verdict),
+    #[error("{0}")]
     BadRequest(String),
     /// The shared state store refused or failed.
-    State(String),
+    #[error("{0}")]
+    State(#[from] crate::fleet::WriteError),
 }
 
+/// A route's verdict over its own window now.
 pub fn verdict_of(app: &App, e: &RouteEntry) -> Verdict {
-    let c = e.stats.window_sum();
-    gate::verdict(crate::admin::evidence(&c), &crate::admin::thresholds(app))
+    gate::verdict(e.stats.window_sum().evidence(), &app.thresholds())
 }
 
 fn find(app: &App, route: &str) -> Result<Arc<RouteEntry>, ControlError> {
@@ -83,33 +43,37 @@ pub fn apply_mode(app: &App, e: &RouteEntry, mode: Mode, percent: u8) {
     app.routes.publish_mode(e);
 }
 
-/// Promotes a route (or `percent` of its traffic). `judged` is a verdict made elsewhere (a
-/// fleet's summed counts); without it the route's own window is judged.
-pub async fn promote(
-    app: &App,
-    route: &str,
-    percent: u8,
-    force: bool,
-    reason: &str,
-    judged: Option<Verdict>,
-) -> Result<Event, ControlError> {
-    if percent == 0 || percent > 100 {
+/// A request to promote a route.
+pub struct Promotion<'a> {
+    pub route: &'a str,
+    /// Share of the route's sessions the candidate serves (1..=100).
+    pub percent: u8,
+    /// Promote although the gate is closed (needs a reason).
+    pub force: bool,
+    pub reason: &'a str,
+}
+
+/// Promotes a route (or `percent` of its traffic) if its gate, judged on this proxy's own
+/// counts, passes — or when forced, with a reason. A verdict a client sends along (a fleet's
+/// summed counts) is a claim: it can be named in the reason of a forced promotion, never open
+/// the gate by itself.
+pub async fn promote(app: &App, p: Promotion<'_>) -> Result<Event, ControlError> {
+    if p.percent == 0 || p.percent > 100 {
         return Err(ControlError::BadRequest(format!(
-            "percent {percent} is not in 1..=100"
+            "percent {} is not in 1..=100",
+            p.percent
         )));
     }
-    let e = find(app, route)?;
-    let verdict = judged.unwrap_or_else(|| verdict_of(app, &e));
-    if !verdict.passing && !force {
+    let e = find(app, p.route)?;
+    let verdict = verdict_of(app, &e);
+    if !verdict.passing && !p.force {
         return Err(ControlError::GateClosed(verdict));
     }
-    if force && reason.trim().is_empty() {
+    if p.force && p.reason.trim().is_empty() {
         return Err(ControlError::BadRequest("force needs a reason".into()));
     }
-    crate::state::record(app, &e.label, Mode::Candidate, percent, reason)
-        .await
-        .map_err(ControlError::State)?;
-    apply_mode(app, &e, Mode::Candidate, percent);
+    record_state(app, &e.label, Mode::Candidate, p.percent, p.reason).await?;
+    apply_mode(app, &e, Mode::Candidate, p.percent);
     let event = Event {
         at: crate::stats::now_secs(),
         kind: if verdict.passing {
@@ -119,13 +83,13 @@ pub async fn promote(
         }
         .into(),
         route: Some(e.label.clone()),
-        reason: if reason.is_empty() {
+        reason: if p.reason.is_empty() {
             verdict.reason.clone()
         } else {
-            reason.to_string()
+            p.reason.to_string()
         },
-        mode: Some(Mode::Candidate.as_str()),
-        percent: Some(percent),
+        mode: Some(Mode::Candidate.as_str().into()),
+        percent: Some(p.percent),
         verdict: Some(verdict),
     };
     app.events.push(event.clone());
@@ -140,9 +104,7 @@ pub async fn rollback(
     automatic: bool,
 ) -> Result<Event, ControlError> {
     let e = find(app, route)?;
-    crate::state::record(app, &e.label, Mode::Shadow, 100, reason)
-        .await
-        .map_err(ControlError::State)?;
+    record_state(app, &e.label, Mode::Shadow, 100, reason).await?;
     apply_mode(app, &e, Mode::Shadow, 100);
     if automatic {
         app.metrics.auto_rollbacks.inc();
@@ -161,7 +123,7 @@ pub async fn rollback(
         } else {
             reason.to_string()
         },
-        mode: Some(Mode::Shadow.as_str()),
+        mode: Some(Mode::Shadow.as_str().into()),
         percent: Some(100),
         verdict: Some(verdict_of(app, &e)),
     };
@@ -172,18 +134,13 @@ pub async fn rollback(
 /// Forgets a route's window, noise and samples (after a fix is deployed, say).
 pub fn reset(app: &App, route: &str) -> Result<Event, ControlError> {
     let e = find(app, route)?;
-    e.stats.reset_window();
-    {
-        let mut ev = e.evidence();
-        ev.noise.clear();
-        ev.samples.clear();
-    }
+    e.reset();
     let event = Event {
         at: crate::stats::now_secs(),
         kind: "reset".into(),
         route: Some(e.label.clone()),
         reason: "window, noise and samples cleared".into(),
-        mode: Some(e.mode().as_str()),
+        mode: Some(e.mode().as_str().into()),
         percent: Some(e.percent()),
         verdict: None,
     };
@@ -197,8 +154,9 @@ pub const ROLLBACK_MIN_SAMPLES: u64 = 10;
 /// One auto-rollback pass: every promoted route whose candidate 5xx rate, or mismatch rate
 /// since the promotion, is confidently above `gate.rollback_mismatch_rate` goes back to shadow.
 pub async fn auto_rollback_once(app: &App) -> Vec<String> {
-    let rate = app.config.gate.rollback_mismatch_rate;
-    let conf = *app.config.gate.confidence.get_ref();
+    let config = app.config();
+    let rate = config.gate.rollback_mismatch_rate;
+    let conf = *config.gate.confidence.get_ref();
     let mut rolled = Vec::new();
     for e in app.routes.all() {
         if e.mode() != Mode::Candidate {
@@ -255,9 +213,104 @@ pub async fn auto_rollback_loop(app: Arc<App>, mut stop: tokio::sync::watch::Rec
     }
 }
 
-/// Re-reads the config file and every rules file; applies the rules and the admin token. An
-/// invalid file keeps everything as it was. Other changes need a restart and are named.
-pub fn reload(app: &App) -> Result<Event, String> {
+/// Records a mode change in the shared store (a no-op without `[state]`), conditional on the
+/// version this proxy last saw.
+async fn record_state(
+    app: &App,
+    route: &str,
+    mode: Mode,
+    percent: u8,
+    reason: &str,
+) -> Result<(), crate::fleet::WriteError> {
+    let Some(fleet) = &app.fleet else {
+        return Ok(());
+    };
+    let expected = fleet.version_of(route);
+    match fleet
+        .store
+        .write(route, mode, percent, reason, expected)
+        .await
+    {
+        Ok(v) => {
+            fleet.set_version(route, v);
+            Ok(())
+        }
+        Err(e) => {
+            // Pick up what the other proxy wrote, so the next attempt starts from it.
+            let _ = poll_state(app).await;
+            Err(e)
+        }
+    }
+}
+
+/// Applies every stored state newer than what this proxy has.
+pub async fn poll_state(app: &App) -> Result<usize, crate::fleet::StoreError> {
+    let Some(fleet) = &app.fleet else {
+        return Ok(0);
+    };
+    let all = fleet.store.load_all().await?;
+    let mut applied = 0;
+    for (route, s) in all {
+        if s.version <= fleet.version_of(&route) {
+            continue;
+        }
+        let Some(mode) = Mode::parse(&s.mode) else {
+            continue;
+        };
+        fleet.set_version(&route, s.version);
+        if let Some(e) = app.routes.by_label(&route) {
+            if e.mode() != mode || e.percent() != s.percent {
+                apply_mode(app, &e, mode, s.percent);
+                app.events.push(Event {
+                    at: crate::stats::now_secs(),
+                    kind: "state_applied".into(),
+                    route: Some(route.clone()),
+                    reason: format!("version {} from the state store: {}", s.version, s.reason),
+                    mode: Some(mode.as_str().into()),
+                    percent: Some(s.percent),
+                    verdict: None,
+                });
+                applied += 1;
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Polls the store every `every` until `stop` changes.
+pub async fn poll_state_loop(
+    app: Arc<App>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {
+                if let Err(e) = poll_state(&app).await {
+                    tracing::warn!(error = %e, "state store poll failed; keeping the current modes");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this proxy was not started from a config file")]
+    NoFile,
+    #[error("{0}")]
+    Config(#[from] crate::located::ConfigError),
+    #[error("samples: {0}")]
+    Redact(#[from] crate::samples::RedactError),
+}
+
+/// Re-reads the config file and every rules file and applies what can change while running:
+/// the route list (routes that stay keep their counts), every route's settings and rules
+/// (automatic labels too, present and future), `[gate]`, `[samples]`, `[noise]` and the admin
+/// token. An invalid file keeps everything as it was. What needs a restart is named.
+pub fn reload(app: &App) -> Result<Event, ReloadError> {
     let result = reload_inner(app);
     let event = Event {
         at: crate::stats::now_secs(),
@@ -283,55 +336,21 @@ pub fn reload(app: &App) -> Result<Event, String> {
     result.map(|_| event)
 }
 
-fn reload_inner(app: &App) -> Result<String, String> {
-    let Some(path) = &app.config_path else {
-        return Err("this proxy was not started from a config file".into());
-    };
-    let new = Config::load(path).map_err(|e| e.to_string())?;
-    // Compile everything first: nothing changes unless every route's rules load.
-    let mut compiled = Vec::new();
-    for e in app.routes.all() {
-        let route_rules = match &e.pattern {
-            Some(_) => new
-                .routes
-                .iter()
-                .find(|r| r.pattern.get_ref() == &e.label)
-                .map(|r| r.rules.clone())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let rules = load_rules(&new, &route_rules).map_err(|e| e.to_string())?;
-        compiled.push((e, Arc::new(rules)));
-    }
-    let n = compiled.len();
-    for (e, rules) in compiled {
-        e.set_rules(rules);
-    }
+fn reload_inner(app: &App) -> Result<String, ReloadError> {
+    let old = app.config();
+    let path = old.path.clone().ok_or(ReloadError::NoFile)?;
+    let new = Config::load(&path)?;
+    // Build everything first: nothing changes unless all of it is valid.
+    let specs = new.route_specs()?;
+    let defaults = new.default_route_settings()?;
+    let mirror = crate::app::mirror_settings(&new)?;
+    let restart = needs_restart(&old, &new);
+    let changes = app.routes.reload(specs, defaults);
+    app.mirror.set_settings(mirror);
     app.set_admin_token(std::env::var(&new.admin.token_env).ok());
-    let mut restart = Vec::new();
-    let old = &app.config;
-    if old.listen.proxy.get_ref() != new.listen.proxy.get_ref()
-        || old.listen.admin.get_ref() != new.listen.admin.get_ref()
-    {
-        restart.push("listen");
-    }
-    if old.upstreams.legacy.get_ref() != new.upstreams.legacy.get_ref()
-        || old.upstreams.candidate.get_ref() != new.upstreams.candidate.get_ref()
-        || old.upstreams.legacy_twin.as_ref().map(|t| t.get_ref())
-            != new.upstreams.legacy_twin.as_ref().map(|t| t.get_ref())
-    {
-        restart.push("upstreams");
-    }
-    let patterns = |c: &Config| {
-        c.routes
-            .iter()
-            .map(|r| r.pattern.get_ref().clone())
-            .collect::<Vec<_>>()
-    };
-    if patterns(old) != patterns(&new) {
-        restart.push("route list");
-    }
-    let mut msg = format!("rules reloaded for {n} routes");
+    app.set_config(new);
+    let mut msg =
+        format!("rules, route settings, [gate], [samples] and [noise] applied; {changes}");
     if !restart.is_empty() {
         msg.push_str(&format!(
             "; changed but needs a restart: {}",
@@ -339,4 +358,49 @@ fn reload_inner(app: &App) -> Result<String, String> {
         ));
     }
     Ok(msg)
+}
+
+/// The sections a reload cannot apply that differ between `old` and `new`.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut restart = Vec::new();
+    if old.listen.proxy != new.listen.proxy
+        || old.listen.admin != new.listen.admin
+        || old.listen.workers != new.listen.workers
+    {
+        restart.push("[listen]");
+    }
+    let u = |c: &Config| {
+        (
+            c.upstreams.legacy.clone(),
+            c.upstreams.legacy_twin.clone(),
+            c.upstreams.ca_file.as_ref().map(|f| f.get_ref().clone()),
+            *c.upstreams.max_connections.get_ref(),
+        )
+    };
+    if u(old) != u(new) {
+        restart.push("[upstreams] legacy, legacy_twin, ca_file, max_connections");
+    }
+    if old.session != new.session {
+        restart.push("[session]");
+    }
+    if (*old.mirror.concurrency.get_ref(), old.mirror.queue)
+        != (*new.mirror.concurrency.get_ref(), new.mirror.queue)
+    {
+        restart.push("[mirror]");
+    }
+    if old.state != new.state {
+        restart.push("[state]");
+    }
+    if old.defaults.max_routes.get_ref() != new.defaults.max_routes.get_ref() {
+        restart.push("defaults.max_routes");
+    }
+    if *old.gate.window_secs.get_ref() != *new.gate.window_secs.get_ref() {
+        restart.push("gate.window_secs");
+    }
+    if (&old.samples.jsonl_path, old.samples.jsonl_max_bytes)
+        != (&new.samples.jsonl_path, new.samples.jsonl_max_bytes)
+    {
+        restart.push("samples.jsonl_path");
+    }
+    restart
 }

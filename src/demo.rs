@@ -5,9 +5,9 @@
 //! but has two realistic bugs (a wrong JSON field on `/api/products/{id}`, a missing element on
 //! `/products/{id}`), a traffic generator with a few logged-in users, the proxy, and the TUI.
 
-use crate::session::header::{verify, Keyring};
-use crate::session::php::{self, Serializer, Value};
 use bytes::Bytes;
+use cutover_session::header::{verify, Keyring};
+use cutover_session::php::{self, Serializer, Value};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -86,7 +86,7 @@ fn session_of(ctx: &AppCtx, req: &Request<Incoming>) -> Option<php::Session> {
     match ctx.kind {
         Kind::Legacy => {
             let cookie = req.headers().get(http::header::COOKIE)?.to_str().ok()?;
-            let id = crate::session::valid_session_id(crate::session::cookie_value(
+            let id = cutover_session::valid_session_id(cutover_session::cookie_value(
                 cookie,
                 "PHPSESSID",
             )?)?;
@@ -96,7 +96,7 @@ fn session_of(ctx: &AppCtx, req: &Request<Incoming>) -> Option<php::Session> {
         Kind::Candidate => {
             let h = req
                 .headers()
-                .get(crate::session::header::HEADER)
+                .get(cutover_session::HEADER)
                 .and_then(|v| v.to_str().ok());
             let pq = req
                 .uri()
@@ -333,8 +333,17 @@ pattern = "/search"
     )
 }
 
+/// A `--duration` that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration like 20s")]
+    NotANumber(String),
+    #[error("`{text}`: unknown unit `{unit}` (ms, s, m, h)")]
+    Unit { text: String, unit: String },
+}
+
 /// `30s`, `2m`, `500ms`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let (num, unit) = s.split_at(
         s.find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -342,19 +351,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     );
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 20s"))?;
+        .map_err(|_| DurationError::NotANumber(s.to_string()))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(DurationError::NotANumber(s.to_string()));
+    }
     let secs = match unit {
         "" | "s" => n,
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+        _ => {
+            return Err(DurationError::Unit {
+                text: s.to_string(),
+                unit: unit.to_string(),
+            })
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0} is not set")]
+    NoSecret(&'static str),
+    #[error("the demo's config: {0}")]
+    Config(#[from] crate::located::ConfigError),
+    #[error("{0}")]
+    Start(#[from] crate::runtime::StartError),
+    #[error("terminal: {0}")]
+    Terminal(std::io::Error),
+}
+
 /// The summary table `--headless` prints: one row per route with its mismatch %.
-pub fn summary(routes: &[crate::admin::RouteView]) -> String {
+pub fn summary(routes: &[crate::api::RouteView]) -> String {
     let mut out = format!(
         "{:<24} {:<10} {:>8} {:>10}  {}\n",
         "route", "mode", "samples", "mismatch", "gate"
@@ -377,10 +409,10 @@ pub fn summary(routes: &[crate::admin::RouteView]) -> String {
 }
 
 /// Runs the demo; the CLI has set the session secret in the environment.
-pub async fn run(headless: bool, duration: Option<Duration>) -> Result<(), String> {
+pub async fn run(headless: bool, duration: Option<Duration>) -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let secret = std::env::var(SECRET_ENV).map_err(|_| format!("{SECRET_ENV} is not set"))?;
+    std::fs::create_dir_all(&dir)?;
+    let secret = std::env::var(SECRET_ENV).map_err(|_| DemoError::NoSecret(SECRET_ENV))?;
     let keys = Keyring::single(secret.into_bytes());
     let app = |kind| {
         Arc::new(AppCtx {
@@ -389,17 +421,15 @@ pub async fn run(headless: bool, duration: Option<Duration>) -> Result<(), Strin
             keys: keys.clone(),
         })
     };
-    let io = |e: std::io::Error| e.to_string();
-    let legacy = serve(app(Kind::Legacy)).await.map_err(io)?;
-    let twin = serve(app(Kind::Legacy)).await.map_err(io)?;
-    let candidate = serve(app(Kind::Candidate)).await.map_err(io)?;
+    let legacy = serve(app(Kind::Legacy)).await?;
+    let twin = serve(app(Kind::Legacy)).await?;
+    let candidate = serve(app(Kind::Candidate)).await?;
     let cfg = crate::config::Config::from_str_at(
         &config(&dir, legacy, twin, candidate),
         "demo.toml",
         &dir,
-    )
-    .map_err(|e| e.to_string())?;
-    let running = crate::proxy::start(cfg).await.map_err(|e| e.to_string())?;
+    )?;
+    let running = crate::runtime::start(cfg).await?;
     let admin_token = token();
     running.app.set_admin_token(Some(admin_token.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -426,7 +456,7 @@ pub async fn run(headless: bool, duration: Option<Duration>) -> Result<(), Strin
         let admin = format!("http://{}", running.admin_addr);
         crate::tui::run(vec![admin], Some(admin_token), Some(stop_rx.clone()))
             .await
-            .map_err(|e| format!("terminal: {e}"))?;
+            .map_err(DemoError::Terminal)?;
     }
     let _ = stop_tx.send(true);
     traffic_task.abort();

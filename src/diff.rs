@@ -4,7 +4,7 @@
 //! the mirror runs it off the IO threads for large bodies.
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 
 /// One side's response as the comparison sees it: the body already decoded from its
@@ -16,7 +16,7 @@ pub struct Captured {
     pub body: Bytes,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum DiffKind {
     Changed,
@@ -42,7 +42,7 @@ impl DiffKind {
 
 /// One difference: where (`status`, `header:<name>`, a JSON pointer under `body`, or
 /// `body:line N`), what kind, and both values (None where a side has nothing).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Difference {
     pub path: String,
     pub kind: DiffKind,
@@ -409,6 +409,24 @@ pub fn diff_bodies(
     out.len() == before
 }
 
+/// The field label of a difference: array indexes folded to `*` (so `/items/0/id` and
+/// `/items/7/id` are one series).
+pub fn field_label(path: &str) -> String {
+    if path.starts_with("body:line") {
+        return "body:text".into();
+    }
+    path.split('/')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "*"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +514,13 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn field_labels_fold_indexes() {
+        assert_eq!(field_label("body/items/12/id"), "body/items/*/id");
+        assert_eq!(field_label("body:line 7"), "body:text");
+        assert_eq!(field_label("header:vary"), "header:vary");
     }
 
     #[test]

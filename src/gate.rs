@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What the verdict needs to know about the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     pub min_samples: u64,
     pub max_mismatch_rate: f64,
@@ -16,7 +16,7 @@ pub struct Thresholds {
 }
 
 /// Counts over the gate window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Completed comparisons (matches + mismatches + candidate errors).
     pub samples: u64,

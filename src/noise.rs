@@ -5,7 +5,7 @@
 //! another. A comparison whose only differences are noise is a match. Pure: no IO.
 
 use crate::diff::{DiffKind, Difference};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Most keys tracked per route (the rest are not learned, and count as real differences).
@@ -34,7 +34,7 @@ pub struct NoiseModel {
 }
 
 /// A noise key as `/api/routes` lists it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NoiseKey {
     pub key: String,
     pub raw: u64,
@@ -47,7 +47,7 @@ pub fn key_of(d: &Difference) -> String {
     let field = if d.path.starts_with("body:line") {
         d.path.clone()
     } else {
-        crate::mirror::field_label(&d.path)
+        crate::diff::field_label(&d.path)
     };
     format!("{field} {}", d.kind.as_str())
 }
@@ -206,7 +206,7 @@ pub fn suggest_rule(d: &Difference) -> String {
                 toml_str(&regexify(value))
             );
         }
-        let folded = crate::mirror::field_label(&format!("/{pointer}"));
+        let folded = crate::diff::field_label(&format!("/{pointer}"));
         let rule = if d.kind == DiffKind::Order {
             "unordered"
         } else {

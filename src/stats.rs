@@ -7,7 +7,7 @@
 //! writes no cache line another core writes; readers — a scrape, the gate, the admin API —
 //! publish the shards first.
 
-use crate::config::Mode;
+use crate::mode::Mode;
 use crossbeam_utils::CachePadded;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
@@ -307,6 +307,14 @@ impl Counts {
     /// Completed comparisons: what the gate counts as samples.
     pub fn samples(&self) -> u64 {
         self.matches + self.mismatches + self.errors
+    }
+
+    /// What the gate judges: samples, and failures (mismatches and candidate errors).
+    pub fn evidence(&self) -> crate::gate::Evidence {
+        crate::gate::Evidence {
+            samples: self.samples(),
+            failures: self.mismatches + self.errors,
+        }
     }
 
     fn add(&mut self, o: &Counts) {

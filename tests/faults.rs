@@ -45,7 +45,7 @@ async fn php_like() -> Origin {
     json_origin(r#"{"ok":true,"from":"php"}"#).await
 }
 
-async fn check_clients_unaffected(proxy: &cutover::proxy::Running, n: usize) {
+async fn check_clients_unaffected(proxy: &cutover::runtime::Running, n: usize) {
     for _ in 0..n {
         let started = Instant::now();
         let r = get(proxy.proxy_addr, "/f", &[]).await;
@@ -61,7 +61,7 @@ async fn check_clients_unaffected(proxy: &cutover::proxy::Running, n: usize) {
     }
 }
 
-async fn outcome(proxy: &cutover::proxy::Running, outcome: &str) -> f64 {
+async fn outcome(proxy: &cutover::runtime::Running, outcome: &str) -> f64 {
     metric(
         &scrape(proxy.admin_addr).await,
         "cutover_comparisons_total",

@@ -352,7 +352,7 @@ async fn a_fleet_shares_modes_through_dynamodb() {
         String::from_utf8_lossy(&ra.body),
         String::from_utf8_lossy(&rb.body)
     );
-    let sdk = cutover::session::store::aws_config(Some("us-east-1"), Some(&db.url())).await;
+    let sdk = cutover::aws::sdk_config(Some("us-east-1"), Some(&db.url())).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let item = client
         .get_item()
@@ -470,16 +470,23 @@ async fn gate_sums_a_fleet() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["proxies"], 2);
     assert_eq!(v["routes"][0]["passing"], true);
-    // promote with several proxies judges the fleet and records that verdict.
+    // promote with several proxies judges the fleet; the proxy's own gate is closed (12 of
+    // 20), so it is recorded as a forced promotion whose reason is the fleet's verdict.
     let (code, out, err) = cli(&["promote", "/items/{id}", "--admin", &ua, "--admin", &ub]).await;
     assert_eq!(code, 0, "{out}{err}");
     let events = api(a.admin_addr, "/api/events").await;
+    let ev = &events["events"][0];
+    assert_eq!(ev["kind"], "forced_promote", "{events}");
     assert!(
-        events["events"][0]["reason"]
+        ev["reason"]
             .as_str()
             .expect("reason")
-            .starts_with("fleet of 2 proxies: passing"),
+            .starts_with("fleet of 2 proxies passes: passing"),
         "{events}"
+    );
+    assert_eq!(
+        ev["verdict"]["passing"], false,
+        "the proxy's own verdict is kept"
     );
     a.shutdown().await;
     b.shutdown().await;

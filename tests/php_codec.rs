@@ -5,7 +5,7 @@
 mod common;
 
 use base64::Engine;
-use cutover::session::php::{self, Key, Serializer, Value};
+use cutover_session::php::{self, Key, Serializer, Value};
 use proptest::prelude::*;
 use serde_json::json;
 use std::collections::HashMap;

@@ -789,7 +789,7 @@ async fn upstream_connections_are_capped_reused_and_waited_for() {
         assert_eq!(get(proxy.proxy_addr, "/again", &[]).await.status, 200);
     }
     assert_eq!(origin.accepted.load(Ordering::SeqCst), accepted);
-    let open_now: usize = proxy.app.client().open_to(&proxy.app.legacy);
+    let open_now: usize = proxy.app.pool().open_to(&proxy.app.legacy);
     assert!(open_now <= 4, "{open_now}");
 }
 

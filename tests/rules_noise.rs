@@ -362,7 +362,7 @@ async fn reload_keeps_old_rules_when_the_new_ones_are_invalid() {
     )
     .expect("config");
     let cfg = cutover::config::Config::load(&config_path).expect("config");
-    let proxy = cutover::proxy::start(cfg).await.expect("start");
+    let proxy = cutover::runtime::start(cfg).await.expect("start");
     let count = |outcome: &'static str| {
         let admin = proxy.admin_addr;
         async move {

@@ -5,16 +5,18 @@
 mod common;
 
 use common::*;
-use cutover::session::header::{verify, Keyring, VerifiedSession};
-use cutover::session::php::{self, Serializer, Value};
-use cutover::session::store::{DynamoStore, FilesStore, RedisStore, SessionStore};
+use cutover_session::dynamodb::{DynamoStore, Layout};
+use cutover_session::files::FilesStore;
+use cutover_session::header::{verify, Keyring, VerifiedSession};
+use cutover_session::php::{self, Serializer, Value};
+use cutover_session::redis::RedisStore;
 use std::time::{Duration, Instant};
 
 fn keys() -> Keyring {
     Keyring::single(SESSION_SECRET.as_bytes().to_vec())
 }
 
-fn verified(r: &RecordedRequest) -> Result<VerifiedSession, cutover::session::header::HeaderError> {
+fn verified(r: &RecordedRequest) -> Result<VerifiedSession, cutover_session::header::HeaderError> {
     let h = r
         .headers
         .get("x-cutover-session")
@@ -199,8 +201,8 @@ async fn forged_headers_and_hostile_cookies() {
     let proxy = cutover(&session_config(&legacy.url(), &candidate.url(), &store)).await;
     // A client-forged header signed with the right secret but for another session never
     // reaches the candidate: cutover replaces it with the snapshot it resolved itself.
-    let forged = cutover::session::header::sign(
-        &cutover::session::header::Snapshot {
+    let forged = cutover_session::header::sign(
+        &cutover_session::header::Snapshot {
             name: "PHPSESSID".into(),
             id: "victim0001".into(),
             store: "files".into(),
@@ -261,7 +263,7 @@ async fn create_sessions_table(endpoint: &str) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     };
-    let sdk = cutover::session::store::aws_config(Some("us-east-1"), Some(endpoint)).await;
+    let sdk = cutover::aws::sdk_config(Some("us-east-1"), Some(endpoint)).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     client
         .create_table()
@@ -380,18 +382,16 @@ async fn dynamodb_store_end_to_end() {
     assert_eq!(seen, vec![Some(11), Some(12), None]);
 
     // The handler library writes a session PHP reads: a promoted Rust route logs a user in.
-    let (writer, problem) = DynamoStore::connect(
-        &cutover::config::SessionDynamo {
+    let writer = DynamoStore::new(
+        cutover::aws::dynamodb(Some("us-east-1"), Some(&db.url())).await,
+        Layout {
             table: "sessions".into(),
             hash_key: "id".into(),
             data_attribute: "data".into(),
-            endpoint: Some(toml::Spanned::new(0..0, db.url())),
-            region: Some("us-east-1".into()),
+            session_name: "PHPSESSID".into(),
         },
-        "PHPSESSID",
-    )
-    .await;
-    assert_eq!(problem, None);
+    );
+    writer.check_table().await.expect("the table and its key");
     let mut s = php::Session::new(Serializer::Php);
     s.set("user_id", Value::Int(14));
     s.set("user", Value::Str(b"finn".to_vec()));
@@ -458,16 +458,9 @@ async fn redis_store_end_to_end() {
         "redis"
     );
     // The library writes with SETEX under phpredis' key; PHP reads it.
-    let (writer, problem) = RedisStore::connect(
-        &cutover::config::SessionRedis {
-            url: toml::Spanned::new(0..0, format!("redis://{}/0", redis.addr)),
-            prefix: "PHPREDIS_SESSION:".into(),
-        },
-        Duration::from_secs(1),
-    )
-    .await
-    .expect("url");
-    assert_eq!(problem, None);
+    let writer =
+        RedisStore::open(&format!("redis://{}/0", redis.addr), "PHPREDIS_SESSION:").expect("url");
+    writer.ping().await.expect("PING");
     let mut s = php::Session::new(Serializer::Php);
     s.set("user_id", Value::Int(22));
     s.set("user", Value::Str(b"hal".to_vec()));
@@ -502,12 +495,7 @@ async fn files_writer_is_read_by_php() {
     s.set("user_id", Value::Int(31));
     s.set("user", Value::Str(b"ivy".to_vec()));
     store
-        .save(
-            "writer000001",
-            &s.encode().expect("encode"),
-            Duration::from_secs(600),
-        )
-        .await
+        .save("writer000001", &s.encode().expect("encode"))
         .expect("save");
     assert!(dir.join("w/sess_writer000001").is_file(), "depth-1 layout");
     assert_eq!(
@@ -516,8 +504,8 @@ async fn files_writer_is_read_by_php() {
     );
     // And what PHP writes, the library reads.
     login(legacy.addr, "wphp00000001", "jo", 32).await;
-    let got = store.load("wphp00000001").await.expect("load");
-    let cutover::session::store::Lookup::Found(raw) = got else {
+    let got = store.load("wphp00000001").expect("load");
+    let cutover_session::store::Lookup::Found(raw) = got else {
         panic!("{got:?}")
     };
     let back = php::decode_session(&raw, Serializer::Php, php::DEFAULT_MAX_BYTES).expect("decode");

@@ -1,7 +1,7 @@
 //! The PHP session decoder on arbitrary bytes, under each serializer: it must never panic, and
 //! whatever decodes must re-encode to bytes that decode to the same thing.
 #![no_main]
-use cutover::session::php::{decode_session, Serializer};
+use cutover_session::php::{decode_session, Serializer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,10 +4,11 @@
 //! (the built-in `rules/default.toml`, the defaults' list, the route's list) are compiled into
 //! one [`Rules`], which implements [`Comparator`]. Pure: no IO beyond reading the files.
 
+pub mod decode;
 pub mod html;
 
-use crate::config::{toml_error, ConfigError};
 use crate::diff::{self, Captured, Comparator, DiffKind, Difference, FloatTolerance, Report};
+use crate::located::{toml_error, ConfigError};
 use regex::bytes::Regex;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -115,7 +116,7 @@ pub struct RuleSet {
 impl RuleSet {
     /// Reads and checks a rules file.
     pub fn load(path: &Path) -> Result<RuleSet, ConfigError> {
-        let (name, text) = crate::config::read_file(path)?;
+        let (name, text) = crate::located::read_file(path)?;
         RuleSet::parse(&text, &name)
     }
 
@@ -129,7 +130,7 @@ impl RuleSet {
         let file: RulesFile = toml::from_str(text).map_err(|e| toml_error(name, text, &e))?;
         let at = |span: std::ops::Range<usize>, key: &str, message: String| ConfigError {
             file: name.to_string(),
-            line: crate::config::line_of(text, span.start, span.end),
+            line: crate::located::line_of(text, span.start, span.end),
             key: key.to_string(),
             message,
         };

@@ -1,56 +1,231 @@
-//! The PHP session, shared by both sides: the value codec ([`php`]), the stores PHP writes
-//! ([`store`], [`files`]), the signed snapshot header and the handler library that reads it
-//! ([`header`]), the per-request resolution the proxy does ([`resolve`]), and the cookie rules
-//! that say which session a request belongs to.
+//! The proxy's side of the PHP session: the configured store ([`stores`]) and the per-request
+//! resolution — cookie → store → PHP decode → signed `x-cutover-session` header — made once,
+//! before PHP sees the request, and bounded by `session.timeout_ms` (a slow or dead store costs
+//! the client at most that, never its response). The codec, the header and the store layouts
+//! are the `cutover-session` crate's; this module wires them to the config and the counters.
 
-pub mod files;
-pub mod header;
-pub mod php;
-pub mod resolve;
-pub mod store;
+pub mod stores;
 
-/// Validates a session id as PHP does: 1–256 characters of `[A-Za-z0-9,-]`, after URL-decoding.
-/// Anything else is no session (and can never become a path).
-pub fn valid_session_id(raw: &str) -> Option<String> {
-    let decoded = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .ok()?;
-    let ok = !decoded.is_empty()
-        && decoded.len() <= 256
-        && decoded
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b',' || b == b'-');
-    ok.then(|| decoded.into_owned())
+use crate::config::{Session as SessionConfig, StoreKind};
+use cutover_session::header::{self, Keyring, Snapshot};
+use cutover_session::php::{self, Serializer};
+use cutover_session::store::Lookup;
+use http::HeaderValue;
+use prometheus::IntCounter;
+use std::time::Duration;
+use stores::Stores;
+
+/// Largest header sent; a bigger session is not mirrored (counted as `undecodable`).
+pub const MAX_HEADER_BYTES: usize = 256 * 1024;
+
+/// Sessions up to this size are decoded on the proxy's IO thread (well under a millisecond);
+/// larger ones on the blocking pool, so one huge session cannot hold every client of a worker.
+pub const INLINE_DECODE_BYTES: usize = 16 * 1024;
+
+/// The session a request carried, as resolved before PHP saw it.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub id: String,
+    /// The header to send to the candidate.
+    pub header: HeaderValue,
 }
 
-/// The value of cookie `name` in a `Cookie` header value, if present.
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
-    })
+/// What the resolution gave.
+pub enum Resolution {
+    /// No cookie, no session stored, or expired: no header.
+    None,
+    Found(Resolved),
+    /// The store failed or was too slow: the comparison is skipped; the cause says why.
+    Failed(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// `cutover_session_resolutions_total{store, outcome}` handles, made once.
+struct Outcomes {
+    found: IntCounter,
+    absent: IntCounter,
+    expired: IntCounter,
+    undecodable: IntCounter,
+    error: IntCounter,
+}
 
-    #[test]
-    fn ids_are_validated_like_php() {
-        assert_eq!(valid_session_id("abc123").as_deref(), Some("abc123"));
-        assert_eq!(valid_session_id("a%2Cb-c").as_deref(), Some("a,b-c"));
-        assert_eq!(valid_session_id("../../etc/passwd"), None);
-        assert_eq!(valid_session_id("..%2F..%2Fetc"), None);
-        assert_eq!(valid_session_id(""), None);
-        assert_eq!(valid_session_id(&"a".repeat(257)), None);
-        assert_eq!(valid_session_id("a%00b"), None);
+pub struct Resolver {
+    stores: Stores,
+    keys: Keyring,
+    cookie: String,
+    serializer: Serializer,
+    timeout: Duration,
+    outcomes: Outcomes,
+}
+
+/// Why the session side could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("session: the session header needs a secret: set the environment variable {0}")]
+    NoSecret(String),
+    #[error("session: {0} is empty")]
+    EmptySecret(String),
+    #[error("session: {0}")]
+    Store(#[from] stores::OpenError),
+}
+
+impl Resolver {
+    /// Builds and connects the configured store (None for `store = "none"`). Connection
+    /// problems are logged, not fatal: the proxy must serve even while the store is down.
+    pub async fn start(
+        cfg: &SessionConfig,
+        metrics: &crate::stats::Metrics,
+    ) -> Result<Option<Resolver>, SetupError> {
+        if cfg.store == StoreKind::None {
+            return Ok(None);
+        }
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let secret = std::env::var(&cfg.secret_env)
+            .map_err(|_| SetupError::NoSecret(cfg.secret_env.clone()))?;
+        if secret.is_empty() {
+            return Err(SetupError::EmptySecret(cfg.secret_env.clone()));
+        }
+        let stores = Stores::open(cfg, timeout).await?;
+        // Connects the client now rather than on the first request; a store that is down (or
+        // never answers) is reported, not fatal: the proxy must serve while it is down.
+        let wait = timeout.max(Duration::from_secs(1));
+        match tokio::time::timeout(wait, stores.probe()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(problem)) => {
+                tracing::warn!(%problem, "session store not ready at start-up; requests will retry")
+            }
+            Err(_) => tracing::warn!(
+                "session store did not answer within {wait:?} at start-up; requests will retry"
+            ),
+        }
+        let name = stores.name();
+        let c = |o: &str| metrics.session_resolutions.with_label_values(&[name, o]);
+        Ok(Some(Resolver {
+            keys: Keyring::single(secret.into_bytes()),
+            cookie: cfg.cookie.clone(),
+            serializer: cfg.serializer.serializer(),
+            timeout,
+            outcomes: Outcomes {
+                found: c("found"),
+                absent: c("absent"),
+                expired: c("expired"),
+                undecodable: c("undecodable"),
+                error: c("error"),
+            },
+            stores,
+        }))
     }
 
-    #[test]
-    fn cookies_are_found_by_name() {
-        let h = "lang=en; PHPSESSID=abc; other=1";
-        assert_eq!(cookie_value(h, "PHPSESSID"), Some("abc"));
-        assert_eq!(cookie_value(h, "SESS"), None);
-        assert_eq!(cookie_value("PHPSESSID=\"q\"", "PHPSESSID"), Some("q"));
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// The session cookie's name (`session_name()`).
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// Resolves the session of a request whose session id (already validated) is `id` (None:
+    /// no cookie) for `req_line` (`METHOD /path?query`), within `session.timeout_ms` — the
+    /// store read and the decoding together.
+    pub async fn resolve(&self, id: Option<String>, req_line: String) -> Resolution {
+        let Some(id) = id else {
+            // No cookie, or one PHP would not accept: PHP starts a new session.
+            return Resolution::None;
+        };
+        match tokio::time::timeout(self.timeout, self.resolve_id(id, req_line)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.outcomes.error.inc();
+                Resolution::Failed(format!(
+                    "session: {} store and decoding took more than {:?}",
+                    self.stores.name(),
+                    self.timeout
+                ))
+            }
+        }
+    }
+
+    async fn resolve_id(&self, id: String, req_line: String) -> Resolution {
+        let raw = match self.stores.load(&id).await {
+            Ok(Lookup::Found(raw)) => raw,
+            Ok(Lookup::Absent) => {
+                self.outcomes.absent.inc();
+                return Resolution::None;
+            }
+            Ok(Lookup::Expired) => {
+                self.outcomes.expired.inc();
+                return Resolution::None;
+            }
+            Err(e) => {
+                self.outcomes.error.inc();
+                return Resolution::Failed(format!("session: {e}"));
+            }
+        };
+        let snapshot = Snapshot {
+            name: self.cookie.clone(),
+            id: id.clone(),
+            store: self.stores.name().to_string(),
+            serializer: self.serializer,
+            raw,
+            resolved_at: crate::stats::now_secs(),
+            req: req_line,
+        };
+        let keys = self.keys.clone();
+        let signed = if snapshot.raw.len() <= INLINE_DECODE_BYTES {
+            sign(&snapshot, &keys)
+        } else {
+            // Off the IO thread: decoding is linear, but a 1 MB session still takes
+            // milliseconds, and every client of this worker would wait for them.
+            match tokio::task::spawn_blocking(move || sign(&snapshot, &keys)).await {
+                Ok(s) => s,
+                Err(_) => Signed::TooLarge,
+            }
+        };
+        match signed {
+            Signed::Header { header, decoded } => {
+                if decoded {
+                    self.outcomes.found.inc();
+                } else {
+                    self.outcomes.undecodable.inc();
+                }
+                Resolution::Found(Resolved { id, header })
+            }
+            Signed::TooLarge => {
+                self.outcomes.undecodable.inc();
+                Resolution::Failed(format!(
+                    "session: the session's header would be over {MAX_HEADER_BYTES} bytes"
+                ))
+            }
+        }
+    }
+}
+
+/// What signing a snapshot gave.
+enum Signed {
+    Header { header: HeaderValue, decoded: bool },
+    TooLarge,
+}
+
+/// Decodes the snapshot's session and signs the header. A session PHP could not decode goes
+/// out as `"data": {}` (PHP starts such a session empty) with its raw bytes.
+fn sign(snapshot: &Snapshot, keys: &Keyring) -> Signed {
+    let decoded = php::decode_session(&snapshot.raw, snapshot.serializer, php::DEFAULT_MAX_BYTES)
+        .and_then(|s| s.to_json());
+    let (data, ok) = match decoded {
+        Ok(d) => (d, true),
+        Err(e) => {
+            tracing::debug!(error = %e, "session does not decode");
+            (serde_json::Value::Object(serde_json::Map::new()), false)
+        }
+    };
+    match header::sign_decoded(snapshot, data, keys) {
+        Ok(h) if h.len() <= MAX_HEADER_BYTES => match HeaderValue::from_str(&h) {
+            Ok(header) => Signed::Header {
+                header,
+                decoded: ok,
+            },
+            Err(_) => Signed::TooLarge,
+        },
+        _ => Signed::TooLarge,
     }
 }

@@ -3,7 +3,7 @@
 //! `+`/`-`), so a monochrome terminal reads the same.
 
 use super::state::{Action, State, View};
-use crate::client::RouteInfo;
+use crate::api::RouteView;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -93,7 +93,7 @@ fn draw_header(f: &mut Frame, s: &State, area: Rect) {
     f.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }
 
-fn gate_text(r: &RouteInfo) -> String {
+fn gate_text(r: &RouteView) -> String {
     if r.gate.passing {
         "PASS".into()
     } else {
@@ -228,11 +228,7 @@ fn draw_route(f: &mut Frame, s: &State, route: &str, area: Rect) {
             }
         }
     }
-    let samples = s
-        .samples
-        .as_ref()
-        .and_then(|v| v["samples"].as_array().cloned())
-        .unwrap_or_default();
+    let samples: &[crate::samples::Sample] = s.samples.as_ref().map_or(&[], |v| &v.samples);
     match samples.first() {
         None => lines.push(Line::from(if s.samples.is_some() {
             "no mismatch samples"
@@ -244,28 +240,22 @@ fn draw_route(f: &mut Frame, s: &State, route: &str, area: Rect) {
                 format!(
                     "latest of {} mismatches: {}  legacy {}  candidate {}",
                     samples.len(),
-                    latest["request"].as_str().unwrap_or(""),
-                    latest["legacy_status"],
-                    latest["candidate_status"]
+                    latest.request,
+                    latest.legacy_status,
+                    latest.candidate_status
                 ),
                 Style::default().add_modifier(Modifier::BOLD),
             )));
-            for d in latest["differences"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .take(8)
-            {
+            for d in latest.differences.iter().take(8) {
                 lines.push(Line::from(format!(
                     "  {} {}  legacy: {}  candidate: {}",
-                    d["kind"].as_str().unwrap_or(""),
-                    d["path"].as_str().unwrap_or(""),
-                    d["legacy"].as_str().unwrap_or("-"),
-                    d["candidate"].as_str().unwrap_or("-")
+                    d.kind.as_str(),
+                    d.path,
+                    d.legacy.as_deref().unwrap_or("-"),
+                    d.candidate.as_deref().unwrap_or("-")
                 )));
             }
-            for l in latest["unified_diff"].as_str().unwrap_or("").lines() {
+            for l in latest.unified_diff.lines() {
                 let style = if l.starts_with('+') && !l.starts_with("+++") {
                     Style::default().fg(Color::Green)
                 } else if l.starts_with('-') && !l.starts_with("---") {
@@ -295,10 +285,14 @@ fn draw_status(f: &mut Frame, s: &State, area: Rect) {
             format!("roll {r} back to shadow? y/n"),
             Style::default().add_modifier(Modifier::BOLD),
         )),
+        Some(Action::Reset(r)) => Line::from(Span::styled(
+            format!("clear {r}'s window, noise and samples on every proxy? y/n"),
+            Style::default().add_modifier(Modifier::BOLD),
+        )),
         None => match &s.message {
             Some(m) => Line::from(m.clone()),
             None => Line::from(
-                "↑↓ select  Enter open  s sort  / filter  p promote  r rollback  ? help  q quit",
+                "↑↓ select  Enter open  s sort  / filter  p promote  r rollback  x reset  ? help  q quit",
             ),
         },
     };
@@ -307,7 +301,7 @@ fn draw_status(f: &mut Frame, s: &State, area: Rect) {
 
 fn draw_help(f: &mut Frame, area: Rect) {
     let w = area.width.min(60);
-    let h = area.height.min(14);
+    let h = area.height.min(15);
     let rect = Rect {
         x: area.x + (area.width - w) / 2,
         y: area.y + (area.height - h) / 2,
@@ -322,9 +316,10 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Line::from("/           filter routes (Enter keeps, Esc clears)"),
         Line::from("p           promote the route (asks y/n; the gate decides)"),
         Line::from("r           roll the route back to shadow (asks y/n)"),
+        Line::from("x           reset: clear its window, noise, samples (y/n)"),
         Line::from("q           quit"),
         Line::from(""),
-        Line::from("promote and rollback use $CUTOVER_ADMIN_TOKEN"),
+        Line::from("p, r and x act on every proxy shown; they use the admin token"),
     ];
     f.render_widget(Clear, rect);
     f.render_widget(
@@ -340,19 +335,20 @@ fn draw_help(f: &mut Frame, area: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{GateInfo, NoiseInfo, RoutesInfo, TotalsInfo};
+    use crate::api::{GateView, RoutesView, TotalsView};
+    use crate::noise::NoiseKey;
     use crate::tui::state::{update, Event, Key, State};
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
-    fn route(name: &str, samples: u64, rate: f64, passing: bool) -> RouteInfo {
-        RouteInfo {
+    fn route(name: &str, samples: u64, rate: f64, passing: bool) -> RouteView {
+        RouteView {
             route: name.into(),
             mode: "shadow".into(),
             samples,
             mismatch_rate: rate,
             mismatch_upper_bound: rate + 0.01,
-            gate: GateInfo {
+            gate: GateView {
                 passing,
                 reason: if passing {
                     "passing".into()
@@ -365,7 +361,7 @@ mod tests {
             candidate_p50_ms: Some(0.9),
             candidate_p99_ms: Some(3.0),
             sparkline: vec![Some(0.0), Some(0.5), None, Some(1.0)],
-            noise: vec![NoiseInfo {
+            noise: vec![NoiseKey {
                 key: "body/html/body/form/input changed".into(),
                 raw: 40,
                 noise: 41,
@@ -377,14 +373,15 @@ mod tests {
 
     fn state() -> State {
         let mut s = State::new(2);
-        let view = RoutesInfo {
+        let view = RoutesView {
             state_version: 0,
+            uptime_secs: 0,
             routes: vec![
                 route("/api/products/{id}", 400, 0.3, false),
                 route("/account", 900, 0.0, true),
             ],
             gate_thresholds: None,
-            totals: Some(TotalsInfo {
+            totals: Some(TotalsView {
                 requests: 1000,
                 mirrored: 990,
                 shadow_dropped: 3,
@@ -463,11 +460,16 @@ mod tests {
     fn route_view_shows_samples_diff_and_noise() {
         let mut s = state();
         update(&mut s, Event::Key(Key::Enter));
-        let samples = serde_json::json!({"samples": [{
-            "request": "GET /api/products/7", "legacy_status": 200, "candidate_status": 200,
-            "differences": [{"path": "body/price", "kind": "changed", "legacy": "9.99", "candidate": "9.9"}],
-            "unified_diff": "--- legacy\n+++ candidate\n@@ -1 +1 @@\n-  \"price\": 9.99\n+  \"price\": 9.9\n"
-        }]});
+        let samples: crate::api::MismatchesView = serde_json::from_value(serde_json::json!({
+            "route": "/api/products/{id}",
+            "samples": [{
+                "at": 1, "route": "/api/products/{id}", "request_headers": [],
+                "request": "GET /api/products/7", "legacy_status": 200, "candidate_status": 200,
+                "differences": [{"path": "body/price", "kind": "changed", "legacy": "9.99", "candidate": "9.9"}],
+                "unified_diff": "--- legacy\n+++ candidate\n@@ -1 +1 @@\n-  \"price\": 9.99\n+  \"price\": 9.9\n"
+            }]
+        }))
+        .expect("wire form");
         update(
             &mut s,
             Event::Samples {

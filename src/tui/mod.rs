@@ -7,7 +7,7 @@
 pub mod draw;
 pub mod state;
 
-use crate::client::AdminClient;
+use crate::client::{ActionError, AdminClient, PromoteRequest, RouteAction};
 use state::{Action, Command, Event, Key, State};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,6 +64,36 @@ async fn refresh(client: AdminClient, admins: Arc<Vec<String>>, tx: mpsc::Unboun
         unreachable,
         at_secs: now_secs_f64(),
     });
+}
+
+/// Carries out a confirmed key on the whole fleet the dashboard shows, as the CLI does: a
+/// promotion judged on the fleet's summed counts, a rollback or reset on every proxy.
+async fn run_action(
+    client: &AdminClient,
+    admins: &[String],
+    action: &Action,
+) -> Result<String, ActionError> {
+    let (route, kind) = match action {
+        Action::Promote(r) => {
+            let req = PromoteRequest {
+                route: r.clone(),
+                percent: None,
+                force: false,
+                reason: None,
+            };
+            return crate::client::promote(client, admins, &req)
+                .await
+                .map(|ev| ev.reason);
+        }
+        Action::Rollback(r) => (r, RouteAction::Rollback),
+        Action::Reset(r) => (r, RouteAction::Reset),
+    };
+    let results = crate::client::on_every_proxy(client, admins, route, kind, None).await;
+    let done = results.iter().filter(|(_, r)| r.is_ok()).count();
+    match results.into_iter().find_map(|(_, r)| r.err()) {
+        Some(e) => Err(ActionError::Client(e)),
+        None => Ok(format!("done on {done} proxies")),
+    }
 }
 
 /// Runs the dashboard until `q` (or SIGTERM, or `stop` turning true).
@@ -153,10 +183,9 @@ pub async fn run(
                                 a.trim_end_matches('/'),
                                 crate::client::q(&route)
                             );
-                            match client.get_json::<serde_json::Value>(&url).await {
+                            match client.get_json::<crate::api::MismatchesView>(&url).await {
                                 Ok(v) => {
-                                    let has =
-                                        v["samples"].as_array().is_some_and(|s| !s.is_empty());
+                                    let has = !v.samples.is_empty();
                                     result = Ok(v);
                                     if has {
                                         break;
@@ -174,19 +203,7 @@ pub async fn run(
                 Command::Run(action) => {
                     let (client, admins, tx) = (client.clone(), admins.clone(), tx.clone());
                     tokio::spawn(async move {
-                        let (path, route) = match &action {
-                            Action::Promote(r) => ("promote", r.clone()),
-                            Action::Rollback(r) => ("rollback", r.clone()),
-                        };
-                        let url = format!(
-                            "{}/api/routes/{path}?route={}",
-                            admins[0].trim_end_matches('/'),
-                            crate::client::q(&route)
-                        );
-                        let result = match client.post(&url).await {
-                            Ok(v) => Ok(v["reason"].as_str().unwrap_or("done").to_string()),
-                            Err(e) => Err(e.reason()),
-                        };
+                        let result = run_action(&client, &admins, &action).await;
                         let _ = tx.send(Event::ActionDone { action, result });
                     });
                 }

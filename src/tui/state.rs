@@ -2,7 +2,7 @@
 //! data from the admin API, results of actions), commands out (fetch, promote, rollback, quit)
 //! for the runner to carry out. No IO here, so every behaviour is a unit test.
 
-use crate::client::{RouteInfo, RoutesInfo, TotalsInfo};
+use crate::api::{RouteView, RoutesView, TotalsView};
 
 /// How the routes table is ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +33,13 @@ impl SortBy {
     }
 }
 
-/// A promote or rollback waiting for `y`.
+/// A promote, rollback or reset waiting for `y`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Promote(String),
     Rollback(String),
+    /// Clear the route's window, noise and samples.
+    Reset(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,19 +55,19 @@ pub enum Event {
     Key(Key),
     /// Routes from every proxy (Err: how many could not be read, and why).
     Routes {
-        views: Vec<RoutesInfo>,
+        views: Vec<RoutesView>,
         unreachable: Vec<String>,
         at_secs: f64,
     },
     /// A route's latest mismatch samples (JSON as the admin API returns it).
     Samples {
         route: String,
-        samples: Result<serde_json::Value, String>,
+        samples: Result<crate::api::MismatchesView, String>,
     },
-    /// What a promote or rollback answered.
+    /// What a promote, rollback or reset answered.
     ActionDone {
         action: Action,
-        result: Result<String, String>,
+        result: Result<String, crate::client::ActionError>,
     },
 }
 
@@ -90,8 +92,8 @@ pub enum Command {
 
 #[derive(Debug, Clone)]
 pub struct State {
-    pub routes: Vec<RouteInfo>,
-    pub totals: TotalsInfo,
+    pub routes: Vec<RouteView>,
+    pub totals: TotalsView,
     pub proxies: usize,
     pub reachable: usize,
     pub unreachable: Vec<String>,
@@ -104,7 +106,7 @@ pub struct State {
     pub confirm: Option<Action>,
     /// The last message for the status line (a refused promotion's reason, say).
     pub message: Option<String>,
-    pub samples: Option<serde_json::Value>,
+    pub samples: Option<crate::api::MismatchesView>,
     /// (time, total requests) of the previous refresh, for requests/s.
     prev: Option<(f64, u64)>,
     pub requests_per_sec: f64,
@@ -116,7 +118,7 @@ impl State {
     pub fn new(proxies: usize) -> State {
         State {
             routes: Vec::new(),
-            totals: TotalsInfo::default(),
+            totals: TotalsView::default(),
             proxies,
             reachable: 0,
             unreachable: Vec::new(),
@@ -136,9 +138,9 @@ impl State {
     }
 
     /// The rows shown: filtered, then sorted.
-    pub fn visible(&self) -> Vec<&RouteInfo> {
+    pub fn visible(&self) -> Vec<&RouteView> {
         let f = self.filter.to_ascii_lowercase();
-        let mut v: Vec<&RouteInfo> = self
+        let mut v: Vec<&RouteView> = self
             .routes
             .iter()
             .filter(|r| f.is_empty() || r.route.to_ascii_lowercase().contains(&f))
@@ -159,7 +161,7 @@ impl State {
         v
     }
 
-    pub fn selected_route(&self) -> Option<&RouteInfo> {
+    pub fn selected_route(&self) -> Option<&RouteView> {
         self.visible().get(self.selected).copied()
     }
 
@@ -190,7 +192,7 @@ pub fn update(s: &mut State, e: Event) -> Vec<Command> {
             at_secs,
         } => {
             let (routes, _) = crate::client::fleet(&views);
-            let mut totals = TotalsInfo::default();
+            let mut totals = TotalsView::default();
             for v in &views {
                 if let Some(t) = &v.totals {
                     totals.requests += t.requests;
@@ -237,8 +239,13 @@ pub fn update(s: &mut State, e: Event) -> Vec<Command> {
             s.message = Some(match (&action, result) {
                 (Action::Promote(r), Ok(m)) => format!("promoted {r}: {m}"),
                 (Action::Rollback(r), Ok(_)) => format!("{r} is back in shadow mode"),
-                (Action::Promote(r), Err(why)) => format!("promotion of {r} refused: {why}"),
+                (Action::Reset(r), Ok(_)) => format!("{r}: window, noise and samples cleared"),
+                (Action::Promote(r), Err(crate::client::ActionError::Refused(why))) => {
+                    format!("promotion of {r} refused: {why}")
+                }
+                (Action::Promote(r), Err(why)) => format!("promotion of {r} failed: {why}"),
                 (Action::Rollback(r), Err(why)) => format!("rollback of {r} failed: {why}"),
+                (Action::Reset(r), Err(why)) => format!("reset of {r} failed: {why}"),
             });
             vec![]
         }
@@ -254,6 +261,7 @@ fn key(s: &mut State, k: Key) -> Vec<Command> {
                 s.message = Some(match &action {
                     Action::Promote(r) => format!("promoting {r}…"),
                     Action::Rollback(r) => format!("rolling back {r}…"),
+                    Action::Reset(r) => format!("resetting {r}…"),
                 });
                 vec![Command::Run(action)]
             }
@@ -327,6 +335,11 @@ fn key(s: &mut State, k: Key) -> Vec<Command> {
                 s.confirm = Some(Action::Rollback(r));
             }
         }
+        Key::Char('x') => {
+            if let Some(r) = s.current_route() {
+                s.confirm = Some(Action::Reset(r));
+            }
+        }
         _ => {}
     }
     vec![]
@@ -335,17 +348,17 @@ fn key(s: &mut State, k: Key) -> Vec<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::GateInfo;
+    use crate::api::GateView;
 
-    pub fn route(name: &str, samples: u64, rate: f64, passing: bool) -> RouteInfo {
-        RouteInfo {
+    pub fn route(name: &str, samples: u64, rate: f64, passing: bool) -> RouteView {
+        RouteView {
             route: name.into(),
             mode: "shadow".into(),
             samples,
             matches: samples - (samples as f64 * rate) as u64,
             mismatches: (samples as f64 * rate) as u64,
             mismatch_rate: rate,
-            gate: GateInfo {
+            gate: GateView {
                 passing,
                 reason: if passing {
                     "passing".into()
@@ -358,12 +371,13 @@ mod tests {
     }
 
     /// One proxy's refresh with these routes and request total, at `at_secs`.
-    fn refresh(s: &mut State, routes: Vec<RouteInfo>, requests: u64, at_secs: f64) {
-        let view = RoutesInfo {
+    fn refresh(s: &mut State, routes: Vec<RouteView>, requests: u64, at_secs: f64) {
+        let view = RoutesView {
             state_version: 0,
+            uptime_secs: 0,
             routes,
             gate_thresholds: None,
-            totals: Some(TotalsInfo {
+            totals: Some(TotalsView {
                 requests,
                 ..Default::default()
             }),
@@ -506,7 +520,9 @@ mod tests {
             &mut s,
             Event::ActionDone {
                 action: Action::Promote("/b".into()),
-                result: Err("the gate is closed: upper bound 9.00% > 5.00%".into()),
+                result: Err(crate::client::ActionError::Refused(
+                    "the gate is closed: upper bound 9.00% > 5.00%".into(),
+                )),
             },
         );
         assert_eq!(

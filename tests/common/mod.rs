@@ -163,11 +163,11 @@ pub fn respond(
 }
 
 /// Starts cutover from config text; `{legacy}`, `{candidate}` etc. are filled in by the caller.
-pub async fn cutover(config: &str) -> cutover::proxy::Running {
+pub async fn cutover(config: &str) -> cutover::runtime::Running {
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cfg =
         cutover::config::Config::from_str_at(config, "test.toml", base).expect("valid test config");
-    cutover::proxy::start(cfg).await.expect("cutover starts")
+    cutover::runtime::start(cfg).await.expect("cutover starts")
 }
 
 /// The config header every test uses: ephemeral ports.

@@ -4,8 +4,8 @@
 //! Pure: no IO, no clock (the caller passes `now`).
 //!
 //! ```
-//! use cutover::session::header::{sign, Keyring, Snapshot, verify};
-//! use cutover::session::php::Serializer;
+//! use cutover_session::header::{sign, Keyring, Snapshot, verify};
+//! use cutover_session::php::Serializer;
 //!
 //! let keys = Keyring::single(b"s3cret".to_vec());
 //! let snapshot = Snapshot {
@@ -115,14 +115,6 @@ struct Payload {
     req: String,
 }
 
-fn serializer_name(s: Serializer) -> &'static str {
-    match s {
-        Serializer::Php => "php",
-        Serializer::PhpBinary => "php_binary",
-        Serializer::PhpSerialize => "php_serialize",
-    }
-}
-
 /// Why a header could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -154,7 +146,7 @@ pub fn sign_decoded(
         name: s.name.clone(),
         id: s.id.clone(),
         store: s.store.clone(),
-        serializer: serializer_name(s.serializer).to_string(),
+        serializer: s.serializer.name().to_string(),
         raw: STANDARD.encode(&s.raw),
         data,
         resolved_at: s.resolved_at,

@@ -2,15 +2,17 @@
 //! fleet through a store — a JSON file (atomic writes, a lock file so several local proxies can
 //! share it) or a DynamoDB table (one item per route, conditional writes on a version number so
 //! two proxies cannot both flip a route from the same version). The config gives the start;
-//! the store holds only changes. Every proxy polls it and applies what changed.
+//! the store holds only changes. The control loop polls it and applies what changed; this
+//! module only reads and writes it, and remembers which version of each route was applied.
 
-use crate::config::{Mode, State as StateConfig, StateStoreKind};
-use crate::proxy::App;
+use crate::config::{State as StateConfig, StateStoreKind};
+use crate::mode::Mode;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Mutex;
 
 /// One route's stored state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +32,25 @@ pub enum WriteError {
     )]
     Conflict { route: String, current: u64 },
     #[error("state store: {0}")]
-    Failed(String),
+    Failed(#[from] StoreError),
+}
+
+/// The state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+    #[error("dynamodb table {table}: {why}")]
+    Dynamo { table: String, why: String },
+    #[error("{0}")]
+    Task(String),
+}
+
+fn file_err(path: &std::path::Path, why: impl std::fmt::Display) -> StoreError {
+    StoreError::File {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -53,30 +73,26 @@ fn lock_path(p: &std::path::Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn read_file(path: &std::path::Path) -> Result<FileState, String> {
+fn read_file(path: &std::path::Path) -> Result<FileState, StoreError> {
     match std::fs::read(path) {
         Ok(bytes) if bytes.is_empty() => Ok(FileState::default()),
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| file_err(path, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileState::default()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(file_err(path, e)),
     }
 }
 
 impl Store {
     /// Opens the configured store; DynamoDB tables are created if missing.
-    pub async fn open(cfg: &StateConfig, base: &std::path::Path) -> Result<Store, String> {
+    pub async fn open(cfg: &StateConfig, base: &std::path::Path) -> Result<Store, StoreError> {
         match cfg.store {
             StateStoreKind::File => {
                 let p = PathBuf::from(&cfg.path);
                 Ok(Store::File(if p.is_absolute() { p } else { base.join(p) }))
             }
             StateStoreKind::Dynamodb => {
-                let sdk = crate::session::store::aws_config(
-                    cfg.region.as_deref(),
-                    cfg.endpoint.as_deref(),
-                )
-                .await;
-                let client = aws_sdk_dynamodb::Client::new(&sdk);
+                let client =
+                    crate::aws::dynamodb(cfg.region.as_deref(), cfg.endpoint.as_deref()).await;
                 let store = Store::Dynamo {
                     client,
                     table: cfg.table.clone(),
@@ -87,12 +103,16 @@ impl Store {
         }
     }
 
-    async fn ensure_table(&self) -> Result<(), String> {
+    async fn ensure_table(&self) -> Result<(), StoreError> {
         use aws_sdk_dynamodb::types::{
             AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
         };
         let Store::Dynamo { client, table } = self else {
             return Ok(());
+        };
+        let fail = |why: String| StoreError::Dynamo {
+            table: table.clone(),
+            why,
         };
         if client
             .describe_table()
@@ -111,14 +131,14 @@ impl Store {
                     .attribute_name("route")
                     .attribute_type(ScalarAttributeType::S)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| fail(e.to_string()))?,
             )
             .key_schema(
                 KeySchemaElement::builder()
                     .attribute_name("route")
                     .key_type(KeyType::Hash)
                     .build()
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| fail(e.to_string()))?,
             )
             .billing_mode(BillingMode::PayPerRequest)
             .send()
@@ -127,21 +147,21 @@ impl Store {
             Ok(_) => Ok(()),
             // Another proxy created it at the same moment.
             Err(e) if format!("{e:?}").contains("ResourceInUse") => Ok(()),
-            Err(e) => Err(format!(
-                "creating table {table}: {}",
+            Err(e) => Err(fail(format!(
+                "creating it: {}",
                 aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )),
+            ))),
         }
     }
 
     /// Every stored route state.
-    pub async fn load_all(&self) -> Result<BTreeMap<String, RouteState>, String> {
+    pub async fn load_all(&self) -> Result<BTreeMap<String, RouteState>, StoreError> {
         match self {
             Store::File(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || read_file(&path).map(|f| f.routes))
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| StoreError::Task(e.to_string()))?
             }
             Store::Dynamo { client, table } => {
                 let mut out = BTreeMap::new();
@@ -154,7 +174,10 @@ impl Store {
                         .set_exclusive_start_key(start.take())
                         .send()
                         .await
-                        .map_err(|e| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())?;
+                        .map_err(|e| StoreError::Dynamo {
+                            table: table.clone(),
+                            why: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                        })?;
                     for item in page.items() {
                         let s = |k: &str| match item.get(k) {
                             Some(AttributeValue::S(s)) => s.clone(),
@@ -209,7 +232,7 @@ impl Store {
                 let route = route.to_string();
                 tokio::task::spawn_blocking(move || write_file(&path, &route, next, expected))
                     .await
-                    .map_err(|e| WriteError::Failed(e.to_string()))?
+                    .map_err(|e| WriteError::Failed(StoreError::Task(e.to_string())))?
             }
             Store::Dynamo { client, table } => {
                 let r = client
@@ -253,9 +276,10 @@ impl Store {
                                 current,
                             })
                         } else {
-                            Err(WriteError::Failed(
-                                aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
-                            ))
+                            Err(WriteError::Failed(StoreError::Dynamo {
+                                table: table.clone(),
+                                why: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                            }))
                         }
                     }
                 }
@@ -270,9 +294,9 @@ fn write_file(
     next: RouteState,
     expected: u64,
 ) -> Result<u64, WriteError> {
-    let fail = |e: String| WriteError::Failed(e);
+    let fail = |e: std::io::Error| WriteError::Failed(file_err(path, e));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(fail)?;
     }
     // The lock file serialises read-modify-write between proxies on this machine; the
     // rename makes each write atomic for readers, who take no lock.
@@ -281,9 +305,9 @@ fn write_file(
         .truncate(false)
         .write(true)
         .open(lock_path(path))
-        .map_err(|e| fail(e.to_string()))?;
-    lock.lock().map_err(|e| fail(e.to_string()))?;
-    let mut state = read_file(path).map_err(fail)?;
+        .map_err(fail)?;
+    lock.lock().map_err(fail)?;
+    let mut state = read_file(path)?;
     let current = state.routes.get(route).map(|s| s.version).unwrap_or(0);
     if current != expected {
         return Err(WriteError::Conflict {
@@ -294,86 +318,45 @@ fn write_file(
     let version = next.version;
     state.routes.insert(route.to_string(), next);
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(&state).map_err(|e| fail(e.to_string()))?;
-    std::fs::write(&tmp, bytes).map_err(|e| fail(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string()))?;
+    let bytes =
+        serde_json::to_vec_pretty(&state).map_err(|e| WriteError::Failed(file_err(path, e)))?;
+    std::fs::write(&tmp, bytes).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
     Ok(version)
 }
 
-/// Records a mode change in the shared store (a no-op without `[state]`), conditional on the
-/// version this proxy last saw.
-pub async fn record(
-    app: &App,
-    route: &str,
-    mode: Mode,
-    percent: u8,
-    reason: &str,
-) -> Result<(), String> {
-    let Some(store) = &app.state else {
-        return Ok(());
-    };
-    let expected = app.state_version_of(route);
-    match store.write(route, mode, percent, reason, expected).await {
-        Ok(v) => {
-            app.set_state_version(route, v);
-            Ok(())
-        }
-        Err(e) => {
-            // Pick up what the other proxy wrote, so the next attempt starts from it.
-            let _ = poll_once(app).await;
-            Err(e.to_string())
-        }
-    }
+/// The fleet's store and the version of each route this proxy has applied.
+pub struct Fleet {
+    pub store: Store,
+    versions: Mutex<HashMap<String, u64>>,
 }
 
-/// Applies every stored state newer than what this proxy has.
-pub async fn poll_once(app: &App) -> Result<usize, String> {
-    let Some(store) = &app.state else {
-        return Ok(0);
-    };
-    let all = store.load_all().await?;
-    let mut applied = 0;
-    for (route, s) in all {
-        if s.version <= app.state_version_of(&route) {
-            continue;
-        }
-        let Some(mode) = Mode::parse(&s.mode) else {
-            continue;
-        };
-        app.set_state_version(&route, s.version);
-        if let Some(e) = app.routes.by_label(&route) {
-            if e.mode() != mode || e.percent() != s.percent {
-                crate::control::apply_mode(app, &e, mode, s.percent);
-                app.events.push(crate::control::Event {
-                    at: crate::stats::now_secs(),
-                    kind: "state_applied".into(),
-                    route: Some(route.clone()),
-                    reason: format!("version {} from the state store: {}", s.version, s.reason),
-                    mode: Some(mode.as_str()),
-                    percent: Some(s.percent),
-                    verdict: None,
-                });
-                applied += 1;
-            }
+impl Fleet {
+    pub fn new(store: Store) -> Fleet {
+        Fleet {
+            store,
+            versions: Mutex::new(HashMap::new()),
         }
     }
-    Ok(applied)
-}
 
-/// Polls the store every `poll_ms` until `stop` changes.
-pub async fn poll_loop(
-    app: std::sync::Arc<App>,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {
-                if let Err(e) = poll_once(&app).await {
-                    tracing::warn!(error = %e, "state store poll failed; keeping the current modes");
-                }
-            }
-            _ = stop.changed() => break,
+    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        match self.versions.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
         }
+    }
+
+    /// The state-store version of a route this proxy has applied (0: none).
+    pub fn version_of(&self, route: &str) -> u64 {
+        self.versions().get(route).copied().unwrap_or(0)
+    }
+
+    pub fn set_version(&self, route: &str, v: u64) {
+        self.versions().insert(route.to_string(), v);
+    }
+
+    /// The sum of every route's version: changes whenever any route's stored mode does.
+    pub fn state_version(&self) -> u64 {
+        self.versions().values().sum()
     }
 }

@@ -6,7 +6,7 @@
 //! become a thousand upstream connections (nginx's `max_conns`, PHP-FPM's `max_children`).
 
 use super::body::{BoxError, ProxyBody};
-use crate::config::UpstreamUrl;
+use super::UpstreamUrl;
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
@@ -399,7 +399,7 @@ mod tests {
     }
 
     fn get(headers: http::HeaderMap) -> Request<ProxyBody> {
-        let mut req = Request::new(crate::proxy::body::full(Bytes::new()));
+        let mut req = Request::new(crate::upstream::body::full(Bytes::new()));
         *req.uri_mut() = Uri::from_static("/x");
         *req.headers_mut() = headers;
         req
@@ -422,7 +422,7 @@ mod tests {
             max_open: 1,
             idle_timeout: Duration::from_secs(60),
         };
-        let pool = crate::proxy::upstream::client(None, limits).expect("client");
+        let pool = crate::upstream::pool(None, limits).expect("client");
         let url = UpstreamUrl::parse(&format!("http://{addr}")).expect("url");
 
         // The first request takes the only place (it is connecting) ...

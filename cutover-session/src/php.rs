@@ -110,12 +110,13 @@ impl Serializer {
     }
 }
 
-impl From<crate::config::SerializerKind> for Serializer {
-    fn from(k: crate::config::SerializerKind) -> Serializer {
-        match k {
-            crate::config::SerializerKind::Php => Serializer::Php,
-            crate::config::SerializerKind::PhpBinary => Serializer::PhpBinary,
-            crate::config::SerializerKind::PhpSerialize => Serializer::PhpSerialize,
+impl Serializer {
+    /// The name `session.serialize_handler` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Serializer::Php => "php",
+            Serializer::PhpBinary => "php_binary",
+            Serializer::PhpSerialize => "php_serialize",
         }
     }
 }
@@ -125,6 +126,60 @@ impl From<crate::config::SerializerKind> for Serializer {
 pub struct Session {
     pub serializer: Serializer,
     pub vars: Vec<(Key, Value)>,
+}
+
+/// Array entries in PHP's order, with a later duplicate key overwriting the value in the first
+/// one's place (as PHP does). Small arrays are searched in place; past [`INDEX_FROM`] entries a
+/// hash index keeps every insertion O(1), so a 200,000-element session decodes in linear time.
+struct Entries {
+    items: Vec<(Key, Value)>,
+    index: Option<std::collections::HashMap<Key, usize>>,
+}
+
+/// Entries searched by scanning before a hash index is built.
+const INDEX_FROM: usize = 16;
+
+impl Entries {
+    fn with_capacity(n: usize) -> Entries {
+        Entries {
+            items: Vec::with_capacity(n),
+            index: None,
+        }
+    }
+
+    /// Adds an entry; true when it replaced the value of an earlier duplicate key.
+    fn insert(&mut self, key: Key, value: Value) -> bool {
+        if self.index.is_none() && self.items.len() >= INDEX_FROM {
+            let index = self
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect();
+            self.index = Some(index);
+        }
+        let found = match &self.index {
+            Some(index) => index.get(&key).copied(),
+            None => self.items.iter().position(|(k, _)| *k == key),
+        };
+        match found {
+            Some(i) => {
+                self.items[i].1 = value;
+                true
+            }
+            None => {
+                if let Some(index) = &mut self.index {
+                    index.insert(key.clone(), self.items.len());
+                }
+                self.items.push((key, value));
+                false
+            }
+        }
+    }
+
+    fn into_vec(self) -> Vec<(Key, Value)> {
+        self.items
+    }
 }
 
 struct Parser<'a> {
@@ -314,22 +369,15 @@ impl<'a> Parser<'a> {
         if self.depth > MAX_DEPTH {
             return err(self.pos, format!("nesting deeper than {MAX_DEPTH}"));
         }
-        let mut out: Vec<(Key, Value)> = Vec::with_capacity(count);
+        let mut out = Entries::with_capacity(count);
         for _ in 0..count {
             let key = self.key()?;
             let value = self.value()?;
-            match out.iter_mut().find(|(k, _)| *k == key) {
-                // A later duplicate overwrites the value and keeps the first position, as PHP does.
-                Some(slot) => {
-                    slot.1 = value;
-                    self.overwrote = true;
-                }
-                None => out.push((key, value)),
-            }
+            self.overwrote |= out.insert(key, value);
         }
         self.expect(b'}')?;
         self.depth -= 1;
-        Ok(out)
+        Ok(out.into_vec())
     }
 
     fn value(&mut self) -> Result<Value, DecodeError> {
@@ -504,16 +552,9 @@ pub fn decode_session(
         );
     }
     let mut p = Parser::new(input);
-    let mut vars: Vec<(Key, Value)> = Vec::new();
-    let set = |p: &mut Parser, vars: &mut Vec<(Key, Value)>, k: Key, v: Value| match vars
-        .iter_mut()
-        .find(|(n, _)| *n == k)
-    {
-        Some(e) => {
-            e.1 = v;
-            p.overwrote = true;
-        }
-        None => vars.push((k, v)),
+    let mut vars = Entries::with_capacity(0);
+    let set = |p: &mut Parser, vars: &mut Entries, k: Key, v: Value| {
+        p.overwrote |= vars.insert(k, v);
     };
     match serializer {
         Serializer::Php => {
@@ -551,19 +592,26 @@ pub fn decode_session(
         }
         Serializer::PhpSerialize => {
             if input.is_empty() {
-                return Ok(Session { serializer, vars });
+                return Ok(Session::new(serializer));
             }
-            match p.value()? {
-                Value::Array(entries) => vars = entries,
-                _ => return err(0, "php_serialize data must be an array"),
-            }
+            let Value::Array(entries) = p.value()? else {
+                return err(0, "php_serialize data must be an array");
+            };
             if p.pos != input.len() {
                 return err(p.pos, "trailing bytes after the session array");
             }
+            p.check_references()?;
+            return Ok(Session {
+                serializer,
+                vars: entries,
+            });
         }
     }
     p.check_references()?;
-    Ok(Session { serializer, vars })
+    Ok(Session {
+        serializer,
+        vars: vars.into_vec(),
+    })
 }
 
 /// PHP's float text at `serialize_precision = -1`: the shortest digits that round-trip, in
@@ -1240,6 +1288,34 @@ mod tests {
                 (Key::Int(1), Value::Str(b"b".to_vec()))
             ])
         );
+    }
+
+    #[test]
+    fn duplicates_in_large_arrays_overwrite_in_place() {
+        // Past the size where the decoder indexes keys: the same answer as a scan.
+        let mut blob = String::from("a:200:{");
+        for i in 0..200 {
+            // Keys 0..99 twice; the second value of each wins, in the first one's place.
+            let k = i % 100;
+            blob.push_str(&format!("i:{k};i:{i};"));
+        }
+        blob.push('}');
+        let v = unserialize(blob.as_bytes()).expect("decodes");
+        let Value::Array(entries) = v else {
+            panic!("an array")
+        };
+        assert_eq!(entries.len(), 100);
+        for (k, (key, value)) in entries.iter().enumerate() {
+            assert_eq!(*key, Key::Int(k as i64));
+            assert_eq!(*value, Value::Int(k as i64 + 100));
+        }
+        let mut s = String::new();
+        for i in 0..40 {
+            s.push_str(&format!("v{}|i:{i};", i % 20));
+        }
+        let session = decode_session(s.as_bytes(), Serializer::Php, 1 << 20).expect("decodes");
+        assert_eq!(session.vars.len(), 20);
+        assert_eq!(session.get("v3").and_then(Value::as_i64), Some(23));
     }
 
     #[test]

@@ -1,6 +1,13 @@
-//! Route patterns and route labels: which `[[route]]` a request path belongs to, and the
-//! bounded label a path that matches no route is counted under (`/orders/8812/items` →
-//! `/orders/{n}/items`). Pure functions, no IO: the proxy's route table is built on them.
+//! Route patterns: which `[[route]]` a request path belongs to (`/users/{id}`, `/php-pages/*`).
+//! Pure, no IO.
+
+/// Why a pattern is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pattern `{pattern}` {why}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub why: String,
+}
 
 /// One segment of a compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +20,8 @@ enum Segment {
 /// A compiled `[[route]] pattern`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
+    /// The pattern as written.
+    text: String,
     segments: Vec<Segment>,
     /// A trailing `/*`: the rest of the path, any depth (also nothing).
     rest: bool,
@@ -20,14 +29,16 @@ pub struct Pattern {
 
 impl Pattern {
     /// Parses `/users/{id}`, `/php-pages/*`, `/`; errors say what is wrong.
-    pub fn parse(text: &str) -> Result<Pattern, String> {
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
+        let bad = |why: String| PatternError {
+            pattern: text.to_string(),
+            why,
+        };
         if !text.starts_with('/') {
-            return Err(format!("pattern `{text}` must start with /"));
+            return Err(bad("must start with /".into()));
         }
         if text.contains('?') || text.contains('#') {
-            return Err(format!(
-                "pattern `{text}` matches paths only, not queries or fragments"
-            ));
+            return Err(bad("matches paths only, not queries or fragments".into()));
         }
         let (body, rest) = match text.strip_suffix("/*") {
             Some(b) => (b, true),
@@ -41,25 +52,21 @@ impl Pattern {
                 continue;
             }
             if seg.contains('*') {
-                return Err(format!(
-                    "pattern `{text}`: `*` is only allowed as a trailing /*"
-                ));
+                return Err(bad("uses `*` where only a trailing /* is allowed".into()));
             }
             if seg.starts_with('{') || seg.ends_with('}') {
                 let name = seg
                     .strip_prefix('{')
                     .and_then(|s| s.strip_suffix('}'))
-                    .ok_or_else(|| format!("pattern `{text}`: unbalanced braces in `{seg}`"))?;
+                    .ok_or_else(|| bad(format!("has unbalanced braces in `{seg}`")))?;
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!(
-                        "pattern `{text}`: `{seg}` is not a {{name}} parameter"
-                    ));
+                    return Err(bad(format!(
+                        "has `{seg}`, which is not a {{name}} parameter"
+                    )));
                 }
                 segments.push(Segment::Param);
             } else if seg.contains('{') || seg.contains('}') {
-                return Err(format!(
-                    "pattern `{text}`: a {{name}} must be a whole segment"
-                ));
+                return Err(bad("has a {name} that is not a whole segment".into()));
             } else {
                 segments.push(Segment::Literal(seg.to_string()));
             }
@@ -68,7 +75,16 @@ impl Pattern {
             segments.clear();
             segments.push(Segment::Literal(String::new()));
         }
-        Ok(Pattern { segments, rest })
+        Ok(Pattern {
+            text: text.to_string(),
+            segments,
+            rest,
+        })
+    }
+
+    /// The pattern as written (`/users/{id}`).
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// Whether `path` (no query) matches.
@@ -93,69 +109,6 @@ impl Pattern {
         }
         self.rest || parts.next().is_none()
     }
-}
-
-/// The label for a path no route matched: segments that look like ids are folded so that
-/// `/orders/8812` and `/orders/9921` count as one series.
-pub fn template_label(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        if i == 0 {
-            continue;
-        }
-        out.push_str(fold_segment(seg));
-        if out.len() > 200 {
-            out.truncate(200);
-            out.push_str("...");
-            break;
-        }
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
-fn fold_segment(seg: &str) -> &str {
-    if seg.is_empty() {
-        return seg;
-    }
-    let b = seg.as_bytes();
-    if b.iter().all(u8::is_ascii_digit) {
-        return "{n}";
-    }
-    if is_uuid(b) {
-        return "{uuid}";
-    }
-    if b.len() >= 16 && b.iter().all(u8::is_ascii_hexdigit) {
-        return "{hex}";
-    }
-    // base64-ish tokens: long, from the base64 alphabets, and with both digits and letters
-    // (so that long words such as `internationalization` stay as they are).
-    if b.len() >= 20
-        && b.iter().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'.' | b'%')
-        })
-        && b.iter().any(u8::is_ascii_digit)
-        && b.iter().any(u8::is_ascii_alphabetic)
-    {
-        return "{token}";
-    }
-    if seg.len() > 64 {
-        return "{long}";
-    }
-    seg
-}
-
-fn is_uuid(b: &[u8]) -> bool {
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
 }
 
 #[cfg(test)]
@@ -198,21 +151,5 @@ mod tests {
         for bad in ["users", "/a/*/b", "/a/{", "/a/{}", "/a/x{id}", "/a?b"] {
             assert!(Pattern::parse(bad).is_err(), "{bad} should be refused");
         }
-    }
-
-    #[test]
-    fn labels_fold_ids() {
-        assert_eq!(template_label("/orders/8812/items"), "/orders/{n}/items");
-        assert_eq!(
-            template_label("/u/123e4567-e89b-12d3-a456-426614174000"),
-            "/u/{uuid}"
-        );
-        assert_eq!(template_label("/t/0123456789abcdef0123"), "/t/{hex}");
-        assert_eq!(template_label("/k/aGVsbG8gd29ybGQgaGVsbG8x"), "/k/{token}");
-        assert_eq!(
-            template_label("/about/internationalization"),
-            "/about/internationalization"
-        );
-        assert_eq!(template_label("/"), "/");
     }
 }

@@ -1,62 +1,8 @@
-//! Upstream connections and the headers that cross the proxy: the connector and pool of
-//! upstream connections (plain HTTP and rustls HTTPS, system roots plus an optional CA file),
-//! hop-by-hop header removal in both directions, `x-cutover-*` stripping, and the `X-Forwarded-*` headers.
+//! The headers that cross the proxy: hop-by-hop header removal in both directions,
+//! `x-cutover-*` stripping, and the `X-Forwarded-*` headers.
 
-use super::pool::Limits;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::time::Duration;
-
-pub type UpstreamClient = super::pool::Pool;
-
-/// Builds an upstream connection pool. `ca_file`: extra PEM roots for `https://` upstreams.
-pub fn client(ca_file: Option<&Path>, limits: Limits) -> Result<UpstreamClient, String> {
-    Ok(super::pool::Pool::new(connector(ca_file)?, limits))
-}
-
-/// The connector upstream connections are made with: TCP (no Nagle, keep-alive probes, a 5 s
-/// connect timeout), then TLS for `https://` (system roots plus `ca_file`).
-pub fn connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A system certificate rustls cannot parse is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("{}: no PEM certificates found", path.display()));
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(5)));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
-}
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1) and are never forwarded.
 static HOP_BY_HOP: [HeaderName; 9] = [

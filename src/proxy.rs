@@ -1,0 +1,671 @@
+//! The shadowing proxy's request path: accepts client connections on a worker (HTTP/1.1,
+//! keep-alive, a 64 KiB head limit answered with 431, a 10 s head timeout), picks the route,
+//! serves the client from the legacy app (or the candidate once promoted) by streaming, and hands
+//! eligible requests to the [`crate::mirror`] without ever waiting for it.
+
+use crate::access::{self, AccessEntry};
+use crate::app::App;
+use crate::mirror::{self, LegacyHead};
+use crate::mode::Mode;
+use crate::route::RouteEntry;
+use crate::stats::{DropReason, Outcome, Side};
+use crate::upstream::body::{self, full, ProxyBody, ReplayBody, TeeBody};
+use crate::upstream::{detach, forward_request, headers, UpstreamBody, UpstreamError};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+
+/// Largest request head accepted (request line plus headers); larger gets 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A client must finish sending its head within this time.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts and serves client connections on this worker until `stop` changes, then lets
+/// in-flight requests finish (up to 30 s).
+pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let client_ip = headers::client_ip_header(remote);
+                let service = hyper::service::service_fn(move |req| {
+                    let app = app.clone();
+                    let client_ip = client_ip.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req, client_ip).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, %remote, "client connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("in-flight requests still running after 30 s; closing"),
+    }
+}
+
+/// A short plain-text response made by the proxy itself.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn upstream_response(resp: Response<UpstreamBody>) -> (http::response::Parts, UpstreamBody) {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    (parts, body)
+}
+
+/// Whether this request is in the sample: sticky per session cookie (a hash of its value, the
+/// same on every proxy of a fleet), random without one.
+pub fn sampled(rate: f64, session: Option<&str>) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    let x = match session {
+        Some(id) => {
+            // FNV-1a: stable across processes and versions, unlike std's hasher.
+            let mut h: u64 = 0xcbf29ce484222325;
+            for b in id.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            // FNV's high bits barely move when only the last bytes differ (session ids that
+            // share a prefix): mix them (MurmurHash3's finaliser) before taking a fraction.
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51afd7ed558ccd);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+            h ^= h >> 33;
+            (h >> 11) as f64 / (1u64 << 53) as f64
+        }
+        None => fastrand::f64(),
+    };
+    x < rate
+}
+
+/// The session id the request carries, by PHP's rules (None: no session).
+fn session_id_of(headers: &http::HeaderMap, cookie: &str) -> Option<String> {
+    cutover_session::session_id(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        cookie,
+    )
+}
+
+/// What happened to the request body before forwarding.
+enum RequestBody {
+    /// Read whole (within the cap): can be sent to both sides.
+    Buffered(Bytes),
+    /// Too large or unknown: streamed to the legacy app only.
+    Streamed(ProxyBody),
+}
+
+/// Reads a request body up to `cap`; past that, returns a body replaying what was read and
+/// then the rest, so the legacy app still gets every byte.
+async fn read_body_capped(
+    body: Incoming,
+    cap: usize,
+    declared: Option<u64>,
+) -> Result<RequestBody, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(RequestBody::Buffered(Bytes::new()));
+    }
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Ok(RequestBody::Streamed(body::boxed(body)));
+    }
+    let mut body = body;
+    let mut chunks = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len();
+            chunks.push(data);
+            if len > cap {
+                return Ok(RequestBody::Streamed(body::boxed(ReplayBody::new(
+                    chunks, body, declared,
+                ))));
+            }
+        }
+    }
+    Ok(RequestBody::Buffered(body::concat(chunks)))
+}
+
+/// Serves one client request; `client_ip` is its connection's `headers::client_ip_header`.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    client_ip: HeaderValue,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    if head_size(&parts) > MAX_HEAD_BYTES {
+        // hyper's read buffer limit is not an exact head limit: a head that arrives in one
+        // read can pass it. This is the exact one.
+        return plain(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "cutover: request head too large\n",
+        );
+    }
+    if parts.method == Method::CONNECT {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "cutover: CONNECT is not proxied\n",
+        );
+    }
+    // Kept (for the log, the exchange) while the upstream answers: not as a slice of hyper's
+    // read buffer (see `detach`).
+    parts.uri = detach::uri(&parts.uri);
+    let entry = app.routes.lookup(parts.uri.path());
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        // hyper framed the body by Transfer-Encoding (and will close the connection after); a
+        // Content-Length sent alongside must not reach the upstream, or it would read the body
+        // differently (request smuggling).
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_cutover_headers(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, &client_ip);
+    let mode = entry.mode();
+    if mode == Mode::Legacy {
+        return serve_plain(
+            &app,
+            &entry,
+            mode,
+            parts,
+            body::boxed(body),
+            started,
+            Some("route_mode"),
+        )
+        .await;
+    }
+    // Only the mirrored and promoted paths need the session cookie (sampling, the snapshot).
+    let session = session_id_of(&parts.headers, &app.session_cookie);
+    match mode {
+        Mode::Legacy => {
+            serve_plain(&app, &entry, mode, parts, body::boxed(body), started, None).await
+        }
+        Mode::Shadow => serve_shadow(&app, &entry, parts, body, session, started).await,
+        Mode::Candidate => {
+            if entry.percent() >= 100
+                || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
+            {
+                match resolve_session(&app, &parts, session.clone()).await {
+                    // Boxed to keep every request's future small (see resolve_session).
+                    Ok(h) => {
+                        Box::pin(serve_candidate(
+                            &app,
+                            &entry,
+                            parts,
+                            body,
+                            h,
+                            session.as_deref(),
+                            started,
+                        ))
+                        .await
+                    }
+                    // Without the user's session the candidate would answer a logged-out page.
+                    Err(cause) => {
+                        entry.record_error(cause, crate::stats::now_secs());
+                        serve_plain(
+                            &app,
+                            &entry,
+                            mode,
+                            parts,
+                            body::boxed(body),
+                            started,
+                            Some("session_error"),
+                        )
+                        .await
+                    }
+                }
+            } else {
+                serve_shadow(&app, &entry, parts, body, session, started).await
+            }
+        }
+    }
+}
+
+/// Bytes of a request head as it came over the wire (request line, headers, line ends).
+fn head_size(parts: &http::request::Parts) -> usize {
+    // The request-target as sent: path and query, plus scheme and authority in absolute form
+    // (measured without formatting the URI: this runs for every request).
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + parts.uri.authority().map_or(0, |a| {
+            a.as_str().len() + parts.uri.scheme_str().map_or(0, |s| s.len() + 3)
+        });
+    let line = parts.method.as_str().len() + target + 12;
+    parts
+        .headers
+        .iter()
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Sends to the legacy app and streams its answer back; nothing else. `not_mirrored`: why the
+/// request was not mirrored, for the access log.
+async fn serve_plain(
+    app: &App,
+    entry: &RouteEntry,
+    mode: Mode,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    started: Instant,
+    not_mirrored: Option<&str>,
+) -> Response<ProxyBody> {
+    let headers = std::mem::take(&mut parts.headers);
+    let resp = match forward_request(&app.legacy, &parts, headers, body) {
+        Ok(req) => app.pool().send(&app.legacy, req).await,
+        Err(e) => {
+            warn!(error = %e, "cannot build the legacy request");
+            return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
+        }
+    };
+    let elapsed = started.elapsed();
+    match resp {
+        Ok(resp) => {
+            entry.stats.duration(Side::Legacy, elapsed);
+            let (parts_out, body) = upstream_response(resp);
+            let status = parts_out.status.as_u16();
+            entry.stats.request(mode, status, false);
+            access::log(AccessEntry {
+                route: &entry.label,
+                mode,
+                served_by: "legacy",
+                method: &parts.method,
+                path: parts.uri.path(),
+                legacy: Some((status, elapsed)),
+                candidate: None,
+                outcome: "not_mirrored",
+                reason: not_mirrored,
+            });
+            Response::from_parts(parts_out, body::boxed(body))
+        }
+        Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
+    }
+}
+
+fn legacy_failed(
+    entry: &RouteEntry,
+    mode: Mode,
+    parts: &http::request::Parts,
+    e: UpstreamError,
+    elapsed: Duration,
+) -> Response<ProxyBody> {
+    warn!(route = %entry.label, error = %e, "legacy upstream failed");
+    entry.stats.upstream_error(Side::Legacy);
+    entry.stats.request(mode, 502, false);
+    let cause = e.to_string();
+    access::log(AccessEntry {
+        route: &entry.label,
+        mode,
+        served_by: "proxy",
+        method: &parts.method,
+        path: parts.uri.path(),
+        legacy: Some((502, elapsed)),
+        candidate: None,
+        outcome: "legacy_error",
+        reason: Some(&cause),
+    });
+    plain(
+        StatusCode::BAD_GATEWAY,
+        "cutover: the legacy upstream is unavailable\n",
+    )
+}
+
+async fn serve_shadow(
+    app: &Arc<App>,
+    entry: &Arc<RouteEntry>,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    session: Option<String>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let mode = Mode::Shadow;
+    let (mirrored, sample, max_body) = {
+        let s = entry.settings();
+        (
+            s.mirror_methods.contains(&parts.method),
+            s.sample,
+            s.max_body_bytes,
+        )
+    };
+    if !mirrored {
+        app.metrics.dropped(DropReason::Method);
+        return serve_plain(
+            app,
+            entry,
+            mode,
+            parts,
+            body::boxed(body),
+            started,
+            Some("method"),
+        )
+        .await;
+    }
+    entry.note_mirror_eligible();
+    if !sampled(sample, session.as_deref()) {
+        app.metrics.dropped(DropReason::SampledOut);
+        return serve_plain(
+            app,
+            entry,
+            mode,
+            parts,
+            body::boxed(body),
+            started,
+            Some("sampled_out"),
+        )
+        .await;
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let request_body = match read_body_capped(body, max_body, declared).await {
+        Ok(b) => b,
+        Err(e) => {
+            debug!(error = %e, "client request body failed");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "cutover: the request body could not be read\n",
+            );
+        }
+    };
+    let bytes = match request_body {
+        RequestBody::Streamed(b) => {
+            app.metrics.dropped(DropReason::BodyTooLarge);
+            return serve_plain(app, entry, mode, parts, b, started, Some("body_too_large")).await;
+        }
+        RequestBody::Buffered(b) => b,
+    };
+    let session_header = match resolve_session(app, &parts, session).await {
+        Ok(h) => h,
+        Err(cause) => {
+            // The store failed: serve as if cutover were not there, and skip the comparison.
+            entry.record_error(cause, crate::stats::now_secs());
+            entry.stats.outcome(Outcome::Skipped, None, None);
+            return serve_plain(
+                app,
+                entry,
+                mode,
+                parts,
+                body::full(bytes),
+                started,
+                Some("session_error"),
+            )
+            .await;
+        }
+    };
+    let Some(slot) = app.mirror.dispatcher.try_reserve() else {
+        app.metrics.dropped(DropReason::QueueFull);
+        return serve_plain(
+            app,
+            entry,
+            mode,
+            parts,
+            body::full(bytes),
+            started,
+            Some("queue_full"),
+        )
+        .await;
+    };
+    let (head_tx, head_rx) = oneshot::channel::<LegacyHead>();
+    mirror::spawn_exchange(
+        app.mirror.clone(),
+        entry.clone(),
+        slot,
+        mirror::ShadowRequest {
+            parts: parts.clone(),
+            body: bytes.clone(),
+            session_header,
+            reverse: false,
+        },
+        head_rx,
+    );
+    let headers = std::mem::take(&mut parts.headers);
+    let resp = match forward_request(&app.legacy, &parts, headers, body::full(bytes)) {
+        Ok(req) => app.pool().send(&app.legacy, req).await,
+        Err(e) => {
+            warn!(error = %e, "cannot build the legacy request");
+            return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
+        }
+    };
+    let elapsed = started.elapsed();
+    match resp {
+        Ok(resp) => {
+            entry.stats.duration(Side::Legacy, elapsed);
+            let (parts_out, body) = upstream_response(resp);
+            entry.stats.request(mode, parts_out.status.as_u16(), true);
+            tee_to_exchange(head_tx, parts_out, body, elapsed, max_body)
+        }
+        Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
+    }
+}
+
+/// The session snapshot header for this request: Ok(None) without a session, Err(cause) when
+/// the store failed (the caller then serves without the candidate's comparison).
+async fn resolve_session(
+    app: &App,
+    parts: &http::request::Parts,
+    id: Option<String>,
+) -> Result<Option<HeaderValue>, String> {
+    let Some(resolver) = &app.session else {
+        return Ok(None);
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    // Boxed: a store lookup's future (the DynamoDB client's above all) is kilobytes, and every
+    // request's future would otherwise carry and move that size, with or without a store.
+    match Box::pin(resolver.resolve(id, format!("{} {pq}", parts.method))).await {
+        crate::session::Resolution::None => Ok(None),
+        crate::session::Resolution::Found(r) => Ok(Some(r.header)),
+        crate::session::Resolution::Failed(cause) => Err(cause),
+    }
+}
+
+/// Streams the served response to the client while handing its head, and a capture of its
+/// body (up to `cap`), to the waiting exchange.
+fn tee_to_exchange(
+    head_tx: oneshot::Sender<LegacyHead>,
+    parts_out: http::response::Parts,
+    body: UpstreamBody,
+    elapsed: Duration,
+    cap: usize,
+) -> Response<ProxyBody> {
+    let (cap_tx, cap_rx) = oneshot::channel();
+    let _ = head_tx.send(LegacyHead {
+        status: parts_out.status,
+        headers: parts_out.headers.clone(),
+        elapsed,
+        capture: cap_rx,
+    });
+    Response::from_parts(parts_out, body::boxed(TeeBody::new(body, cap, cap_tx)))
+}
+
+async fn serve_candidate(
+    app: &Arc<App>,
+    entry: &Arc<RouteEntry>,
+    parts: http::request::Parts,
+    body: Incoming,
+    session_header: Option<HeaderValue>,
+    cookie: Option<&str>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let mode = Mode::Candidate;
+    let settings = entry.settings_owned();
+    let bodiless = body.is_end_stream();
+    let retry_on_legacy = crate::upstream::is_safe(&parts.method) && bodiless;
+    // verify_after_promotion: safe, bodiless, eligible requests are also sent to the legacy app
+    // and compared, the other way round. Unsafe ones never are: PHP would commit them twice.
+    let verify = app.config().gate.verify_after_promotion
+        && retry_on_legacy
+        && settings.mirror_methods.contains(&parts.method)
+        && sampled(settings.sample, cookie);
+    let slot = if verify {
+        app.mirror.dispatcher.try_reserve()
+    } else {
+        None
+    };
+    if verify && slot.is_none() {
+        app.metrics.dropped(DropReason::QueueFull);
+    }
+    // A copy: PHP may still get these headers if the candidate cannot answer.
+    let headers = parts.headers.clone();
+    let mut req = match forward_request(&settings.candidate, &parts, headers, body::boxed(body)) {
+        Ok(r) => r,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n"),
+    };
+    if let Some(h) = &session_header {
+        req.headers_mut().insert(cutover_session::HEADER, h.clone());
+    }
+    let head_tx = slot.map(|slot| {
+        let (tx, rx) = oneshot::channel::<LegacyHead>();
+        mirror::spawn_exchange(
+            app.mirror.clone(),
+            entry.clone(),
+            slot,
+            mirror::ShadowRequest {
+                parts: parts.clone(),
+                body: Bytes::new(),
+                session_header: None,
+                reverse: true,
+            },
+            rx,
+        );
+        tx
+    });
+    let result = tokio::time::timeout(
+        settings.candidate_timeout,
+        app.pool().send(&settings.candidate, req),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(Ok(resp)) => {
+            entry.stats.duration(Side::Candidate, elapsed);
+            let (parts_out, body) = upstream_response(resp);
+            let status = parts_out.status.as_u16();
+            entry.stats.request(mode, status, head_tx.is_some());
+            entry.stats.promoted_answer(status);
+            access::log(AccessEntry {
+                route: &entry.label,
+                mode,
+                served_by: "candidate",
+                method: &parts.method,
+                path: parts.uri.path(),
+                legacy: None,
+                candidate: Some((status, elapsed)),
+                outcome: "promoted",
+                reason: None,
+            });
+            match head_tx {
+                Some(tx) => tee_to_exchange(tx, parts_out, body, elapsed, settings.max_body_bytes),
+                None => Response::from_parts(parts_out, body::boxed(body)),
+            }
+        }
+        failed => {
+            entry.stats.upstream_error(Side::Candidate);
+            entry.stats.promoted_answer(502);
+            let cause = match failed {
+                Err(_) => format!(
+                    "candidate: timeout after {:?} in candidate mode",
+                    settings.candidate_timeout
+                ),
+                Ok(Err(e)) => format!(
+                    "candidate: {} in candidate mode",
+                    mirror::CallError::from(e)
+                ),
+                Ok(Ok(_)) => String::new(),
+            };
+            warn!(route = %entry.label, %cause, "candidate failed");
+            entry.record_error(cause, crate::stats::now_secs());
+            if retry_on_legacy {
+                app.metrics.candidate_fallbacks.inc();
+                serve_plain(
+                    app,
+                    entry,
+                    mode,
+                    parts,
+                    body::empty(),
+                    Instant::now(),
+                    Some("candidate_fallback"),
+                )
+                .await
+            } else {
+                entry.stats.request(mode, 502, false);
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "cutover: the candidate upstream is unavailable\n",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sticky_sampling_is_spread_and_stable() {
+        let ids: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
+        let share = ids
+            .iter()
+            .filter(|id| super::sampled(0.3, Some(id)))
+            .count() as f64
+            / 2000.0;
+        assert!((0.25..0.35).contains(&share), "{share}");
+        for id in &ids {
+            assert_eq!(super::sampled(0.3, Some(id)), super::sampled(0.3, Some(id)));
+        }
+        // Nested shares: a session in the 10% sample is in the 30% sample too.
+        assert!(ids
+            .iter()
+            .filter(|id| super::sampled(0.1, Some(id)))
+            .all(|id| super::sampled(0.3, Some(id))));
+    }
+}
