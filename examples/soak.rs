@@ -1,7 +1,8 @@
 //! The soak behind `scripts/soak`: a fixed request rate through a cutover process in shadow
 //! mode for a bounded time, with generated mismatches and a flaky candidate (5% 500s, 2% hangs
 //! past the candidate timeout, 10% wrong bodies). Reports lost requests (anything but PHP's
-//! exact answer), the proxy's RSS at start and end, and p99 per minute.
+//! exact answer within 5 s, body included), the proxy's RSS at start and end, and p99 per
+//! minute. Exits 1 when a request was lost or never finished.
 //!
 //! `cargo run --release --example soak -- <cutover binary> <minutes> <requests per second>`
 
@@ -118,6 +119,7 @@ async fn main() {
             .build(http);
     let sent = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
     let lat = Arc::new(std::sync::Mutex::new(Vec::<(u64, u32)>::new())); // (minute, micros)
                                                                          // Warm up, then take the starting RSS.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -131,31 +133,24 @@ async fn main() {
         let (client, sent, lost, lat) = (client.clone(), sent.clone(), lost.clone(), lat.clone());
         let minute = started.elapsed().as_secs() / 60;
         sent.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let t = Instant::now();
             let req = http::Request::get(format!(
                 "http://127.0.0.1:{pp}/items/{}",
                 fastrand::u32(..1000)
             ))
             .body(Full::new(Bytes::new()));
-            let ok = match req {
-                Ok(req) => {
-                    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-                        Ok(Ok(resp)) => {
-                            let status = resp.status();
-                            let body = resp
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            status == 200 && body == BODY.as_bytes()
-                        }
-                        _ => false,
-                    }
-                }
-                Err(_) => false,
+            // The whole exchange, body included, within 5 s: a body that stalls is lost.
+            let whole = async {
+                let resp = client.request(req.ok()?).await.ok()?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await.ok()?.to_bytes();
+                Some(status == 200 && body == BODY.as_bytes())
             };
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(5), whole).await,
+                Ok(Some(true))
+            );
             if !ok {
                 lost.fetch_add(1, Ordering::Relaxed);
             }
@@ -164,7 +159,11 @@ async fn main() {
             }
         });
     }
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Every request finishes (answered, failed or timed out): none is left uncounted.
+    let mut finished = 0u64;
+    while tasks.join_next().await.is_some() {
+        finished += 1;
+    }
     let rss_end = rss_kb(child.id());
     let metrics = client
         .request(
@@ -192,11 +191,8 @@ async fn main() {
         "soak: {:.1} min at {rate} req/s through cutover (shadow, flaky candidate)",
         minutes
     );
-    println!(
-        "requests sent {}  lost {}",
-        sent.load(Ordering::Relaxed),
-        lost.load(Ordering::Relaxed)
-    );
+    let (sent, lost) = (sent.load(Ordering::Relaxed), lost.load(Ordering::Relaxed));
+    println!("requests sent {sent}  finished {finished}  lost {lost}");
     println!("proxy RSS start {} KiB  end {} KiB", rss_start, rss_end);
     let l = lat.lock().map(|l| l.clone()).unwrap_or_default();
     let minutes_seen = l.iter().map(|(m, _)| *m).max().unwrap_or(0);
@@ -224,5 +220,9 @@ async fn main() {
         if !line.ends_with(" 0") {
             println!("{line}");
         }
+    }
+    if lost > 0 || finished != sent {
+        eprintln!("soak: FAILED: {lost} lost, {} unfinished", sent - finished);
+        std::process::exit(1);
     }
 }

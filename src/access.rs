@@ -39,3 +39,57 @@ pub fn log(e: AccessEntry<'_>) {
         reason = e.reason,
     );
 }
+
+/// Problems worth a WARN line each time they start, but not one per request while they last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warning {
+    /// The session store failed or was too slow.
+    SessionStore,
+    /// The candidate could not be reached, timed out or reset.
+    Candidate,
+    /// A mirror was dropped (queue full, buffers full).
+    Dropped,
+}
+
+impl Warning {
+    const ALL: usize = 3;
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Warning::SessionStore => "session store error",
+            Warning::Candidate => "candidate error",
+            Warning::Dropped => "mirror dropped",
+        }
+    }
+}
+
+/// Per kind: the second of the last WARN line, and how many were left out since.
+static LAST: [std::sync::atomic::AtomicU64; Warning::ALL] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; Warning::ALL];
+static SKIPPED: [std::sync::atomic::AtomicU64; Warning::ALL] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; Warning::ALL];
+
+/// Logs `cause` at WARN, at most once a second per kind; the next line says how many were
+/// left out.
+pub fn warn_limited(kind: Warning, route: &str, cause: &str) {
+    use std::sync::atomic::Ordering;
+    let now = crate::stats::now_secs();
+    let i = kind as usize;
+    let last = LAST[i].load(Ordering::Relaxed);
+    if now <= last
+        || LAST[i]
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        SKIPPED[i].fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let skipped = SKIPPED[i].swap(0, Ordering::Relaxed);
+    tracing::warn!(
+        route,
+        cause,
+        more_in_the_last_second = skipped,
+        "{}",
+        kind.as_str()
+    );
+}

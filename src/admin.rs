@@ -265,6 +265,8 @@ fn unauthorized(why: &str) -> Response<ProxyBody> {
 fn refresh_gauges(app: &App) {
     let in_flight = i64::try_from(app.mirror.dispatcher.in_flight()).unwrap_or(i64::MAX);
     app.metrics.shadow_in_flight.set(in_flight);
+    let buffered = i64::try_from(app.mirror.budget.used()).unwrap_or(i64::MAX);
+    app.metrics.mirror_buffered_bytes.set(buffered);
     let t = app.thresholds();
     for e in app.routes.all() {
         // Also brings the route's counters up to date for the scrape.

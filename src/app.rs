@@ -67,7 +67,40 @@ pub struct App {
     pub fleet: Option<Fleet>,
     pub events: Events,
     admin_token: std::sync::RwLock<Option<String>>,
+    /// What client requests are held to (`[listen]`, `upstreams.legacy_timeout_ms`).
+    pub limits: RequestLimits,
     pub started: Instant,
+}
+
+/// What client requests are held to; set at start-up.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Longest gap between two reads of a request body.
+    pub body_idle: Duration,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Where large request bodies wait until complete.
+    pub spool_dir: std::path::PathBuf,
+    /// Longest wait for the legacy app's response head.
+    pub legacy_timeout: Duration,
+    /// Clients whose `X-Forwarded-*` headers are kept.
+    pub trusted_proxies: Vec<crate::upstream::headers::IpBlock>,
+}
+
+impl RequestLimits {
+    pub fn of(config: &Config) -> RequestLimits {
+        RequestLimits {
+            body_idle: Duration::from_millis(config.listen.body_timeout_ms.max(1)),
+            max_body: config.listen.max_request_body_bytes,
+            spool_dir: config
+                .listen
+                .spool_dir
+                .as_deref()
+                .map_or_else(std::env::temp_dir, |d| config.resolve(d)),
+            legacy_timeout: Duration::from_millis(config.upstreams.legacy_timeout_ms.max(1)),
+            trusted_proxies: config.listen.trusted_proxies.clone(),
+        }
+    }
 }
 
 /// Why the proxy could not be set up.
@@ -98,7 +131,7 @@ pub fn pool_limits(config: &Config, workers: usize) -> Limits {
             .max_connections
             .get_ref()
             .div_ceil(workers.max(1)),
-        idle_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_millis(config.upstreams.idle_timeout_ms.max(1)),
     }
 }
 
@@ -146,6 +179,8 @@ impl App {
         let mirror = Arc::new(Mirror::new(MirrorParts {
             concurrency: *config.mirror.concurrency.get_ref(),
             queue: config.mirror.queue,
+            max_buffered_bytes: usize::try_from(config.mirror.max_buffered_bytes)
+                .unwrap_or(usize::MAX),
             legacy: config.upstreams.legacy.clone(),
             twin: config.upstreams.legacy_twin.clone(),
             shared_pool: pool.clone(),
@@ -153,7 +188,9 @@ impl App {
             settings: mirror_settings(&config)?,
             sink,
         }));
+        pool.start_reaper();
         Ok(App {
+            limits: RequestLimits::of(&config),
             legacy: config.upstreams.legacy.clone(),
             session_cookie: config.session.cookie.clone(),
             config: ArcSwap::from_pointee(config),

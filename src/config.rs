@@ -56,6 +56,13 @@ impl<'de> Deserialize<'de> for MethodName {
     }
 }
 
+impl<'de> Deserialize<'de> for crate::upstream::headers::IpBlock {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -75,6 +82,27 @@ pub struct Listen {
     /// Proxy worker threads (0: one per core).
     #[serde(default)]
     pub workers: usize,
+    /// Clients whose `X-Forwarded-For/-Proto/-Host` are kept (appended to, for `-For`):
+    /// addresses or blocks such as `10.0.0.0/8`. Anyone else's are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<crate::upstream::headers::IpBlock>,
+    /// Longest gap between two reads of a request body; past it the client gets 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Largest request body accepted; larger ones get 413 (nginx's client_max_body_size).
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body_bytes: u64,
+    /// Where request bodies too large to keep in memory wait until they are complete, before
+    /// an upstream connection is taken for them (default: the system's temporary folder).
+    #[serde(default)]
+    pub spool_dir: Option<String>,
+}
+
+fn default_body_timeout() -> u64 {
+    60_000
+}
+fn default_max_request_body() -> u64 {
+    128 * 1024 * 1024
 }
 
 fn default_proxy_addr() -> ListenAddr {
@@ -90,6 +118,10 @@ impl Default for Listen {
             proxy: default_proxy_addr(),
             admin: default_admin_addr(),
             workers: 0,
+            trusted_proxies: Vec::new(),
+            body_timeout_ms: default_body_timeout(),
+            max_request_body_bytes: default_max_request_body(),
+            spool_dir: None,
         }
     }
 }
@@ -108,10 +140,22 @@ pub struct Upstreams {
     /// requests wait for one.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
+    /// Longest wait for the legacy app's response head; past it the client gets 504.
+    #[serde(default = "default_legacy_timeout")]
+    pub legacy_timeout_ms: u64,
+    /// Idle upstream connections older than this are closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
 }
 
 fn default_max_connections() -> Spanned<usize> {
     Spanned::new(0..0, 256)
+}
+fn default_legacy_timeout() -> u64 {
+    60_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -325,10 +369,17 @@ pub struct Mirror {
     /// Mirrors waiting for a slot; past this they are dropped (`reason="queue_full"`).
     #[serde(default = "default_mirror_queue")]
     pub queue: usize,
+    /// Request bodies kept in memory for mirroring, over all requests at once; past it a
+    /// request is served but not mirrored (`reason="buffers_full"`).
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_bytes: u64,
 }
 
 fn default_mirror_concurrency() -> Spanned<usize> {
     Spanned::new(0..0, 256)
+}
+fn default_max_buffered() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_mirror_queue() -> usize {
     1024
@@ -339,6 +390,7 @@ impl Default for Mirror {
         Mirror {
             concurrency: default_mirror_concurrency(),
             queue: default_mirror_queue(),
+            max_buffered_bytes: default_max_buffered(),
         }
     }
 }

@@ -224,7 +224,10 @@ fn spawn_worker(
                 let config = app.config();
                 let limits = crate::app::pool_limits(&config, config.workers());
                 match crate::upstream::pool(config.ca_file().as_deref(), limits) {
-                    Ok(p) => crate::upstream::set_worker_pool(p),
+                    Ok(p) => {
+                        p.start_reaper();
+                        crate::upstream::set_worker_pool(p)
+                    }
                     Err(e) => tracing::warn!(error = %e, "worker pool; using the shared one"),
                 }
                 match TcpListener::from_std(listener) {

@@ -51,15 +51,18 @@ pub enum DropReason {
     Method,
     SampledOut,
     Timeout,
+    /// The mirror's budget for buffered request bodies was spent.
+    BuffersFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::QueueFull,
         DropReason::BodyTooLarge,
         DropReason::Method,
         DropReason::SampledOut,
         DropReason::Timeout,
+        DropReason::BuffersFull,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +71,54 @@ impl DropReason {
             DropReason::Method => "method",
             DropReason::SampledOut => "sampled_out",
             DropReason::Timeout => "timeout",
+            DropReason::BuffersFull => "buffers_full",
+        }
+    }
+}
+
+/// Why the proxy answered a request itself instead of forwarding it
+/// (`cutover_rejected_requests_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// 431: the request head is over 64 KiB.
+    HeadTooLarge,
+    /// 400: an HTTP/1.1 request without `Host`.
+    MissingHost,
+    /// 400: more than one `Host`.
+    DuplicateHost,
+    /// 408: the body stalled longer than `listen.body_timeout_ms`.
+    BodyTimeout,
+    /// 413: the body is over `listen.max_request_body_bytes`.
+    BodyTooLarge,
+    /// 400: the body could not be read from the client.
+    BodyFailed,
+    /// 405: CONNECT.
+    Connect,
+    /// 504: the legacy app gave no response head within `upstreams.legacy_timeout_ms`.
+    LegacyTimeout,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::HeadTooLarge,
+        RejectReason::MissingHost,
+        RejectReason::DuplicateHost,
+        RejectReason::BodyTimeout,
+        RejectReason::BodyTooLarge,
+        RejectReason::BodyFailed,
+        RejectReason::Connect,
+        RejectReason::LegacyTimeout,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::HeadTooLarge => "head_too_large",
+            RejectReason::MissingHost => "missing_host",
+            RejectReason::DuplicateHost => "duplicate_host",
+            RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::BodyFailed => "body_failed",
+            RejectReason::Connect => "connect",
+            RejectReason::LegacyTimeout => "legacy_timeout",
         }
     }
 }
@@ -110,7 +161,12 @@ pub struct Metrics {
     pub auto_rollbacks: IntCounter,
     /// Addition: promoted requests answered by the legacy app because the candidate failed.
     pub candidate_fallbacks: IntCounter,
-    dropped: [IntCounter; 5],
+    /// Addition: requests the proxy answered itself, by reason.
+    pub rejected_requests: IntCounterVec,
+    /// Addition: request bytes held in memory for mirrors now.
+    pub mirror_buffered_bytes: prometheus::IntGauge,
+    dropped: [IntCounter; 6],
+    rejected: [IntCounter; 8],
     /// How many shards each route's statistics have ([`shards_for`] the workers).
     shards: usize,
 }
@@ -202,6 +258,17 @@ impl Metrics {
             "cutover_shadow_in_flight",
             "Mirrors running or queued now.",
         )?;
+        let rejected_requests = IntCounterVec::new(
+            Opts::new(
+                "cutover_rejected_requests_total",
+                "Requests cutover answered itself (4xx, 504) instead of forwarding, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let mirror_buffered_bytes = prometheus::IntGauge::new(
+            "cutover_mirror_buffered_bytes",
+            "Request body bytes held in memory for mirrors now.",
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(comparisons.clone()),
@@ -216,10 +283,14 @@ impl Metrics {
             Box::new(shadow_in_flight.clone()),
             Box::new(auto_rollbacks.clone()),
             Box::new(candidate_fallbacks.clone()),
+            Box::new(rejected_requests.clone()),
+            Box::new(mirror_buffered_bytes.clone()),
         ] {
             registry.register(c)?;
         }
         let dropped = DropReason::ALL.map(|r| shadow_dropped.with_label_values(&[r.as_str()]));
+        let rejected =
+            RejectReason::ALL.map(|r| rejected_requests.with_label_values(&[r.as_str()]));
         Ok(Metrics {
             registry,
             requests,
@@ -235,7 +306,10 @@ impl Metrics {
             shadow_in_flight,
             auto_rollbacks,
             candidate_fallbacks,
+            rejected_requests,
+            mirror_buffered_bytes,
             dropped,
+            rejected,
             shards: 1,
         })
     }
@@ -248,6 +322,10 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].inc();
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].inc();
     }
 
     /// The registry in Prometheus text format: route counts as of their last

@@ -224,22 +224,91 @@ fn every_mistake_exits_64_with_file_line_and_key() {
     }
 }
 
+/// The `bind` calls a `cutover proxy` run makes, seen by strace: (exit code, stderr, binds).
+fn proxy_binds(config: &Path, stop_when_listening: Option<u16>) -> (i32, String, Vec<String>) {
+    let strace = which("strace").unwrap_or_else(|| {
+        panic!(
+            "`strace` is not installed; install it with: apt-get install strace (or run .ci/run)"
+        )
+    });
+    use std::os::unix::process::CommandExt;
+    let trace = config.with_extension("strace");
+    // A process group of its own: the stop below reaches strace and the proxy alike.
+    let child = Command::new(strace)
+        .process_group(0)
+        .args(["-f", "-qq", "-e", "trace=bind", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_cutover"))
+        .args(["proxy", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace cutover");
+    if let Some(port) = stop_when_listening {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on our own child's process group; no memory is touched.
+        unsafe {
+            libc::kill(-(child.id() as i32), libc::SIGTERM);
+        }
+    }
+    let out = child.wait_with_output().expect("wait");
+    let binds = std::fs::read_to_string(&trace)
+        .expect("strace output")
+        .lines()
+        .filter(|l| l.contains("bind(") && (l.contains("AF_INET") || l.contains("AF_INET6")))
+        .map(str::to_string)
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        binds,
+    )
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 #[test]
 fn proxy_with_a_bad_config_binds_nothing() {
+    let free = |()| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let (proxy_port, admin_port) = (free(()), free(()));
+    let good = GOOD
+        .replace("127.0.0.1:18080", &format!("127.0.0.1:{proxy_port}"))
+        .replace("127.0.0.1:19090", &format!("127.0.0.1:{admin_port}"));
+    // The method sees binds: a good config binds the proxy and the admin ports.
+    let d = dir("proxy-good");
+    let p = write(&d, &good, "[json]\n");
+    let (_, err, binds) = proxy_binds(&p, Some(proxy_port));
+    assert!(
+        binds
+            .iter()
+            .any(|b| b.contains(&format!("htons({proxy_port})"))),
+        "strace did not see the proxy's bind: {binds:?} {err}"
+    );
+    // A mistake found after the listen addresses parsed: exit 64, and not one bind.
     let d = dir("proxy-bad");
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = free.local_addr().expect("addr").port();
-    drop(free);
-    let config = GOOD
-        .replace("127.0.0.1:18080", &format!("127.0.0.1:{port}"))
-        .replace("sample = 1.0", "sample = -1");
-    let p = write(&d, &config, "[json]\n");
-    let (code, _, err) = cutover(&["proxy", "--config", p.to_str().expect("utf8")]);
+    let p = write(&d, &good.replace("sample = 1.0", "sample = -1"), "[json]\n");
+    let (code, err, binds) = proxy_binds(&p, None);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("defaults.sample"), "{err}");
     assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "nothing may be bound"
+        binds.is_empty(),
+        "bound before the config was valid: {binds:?}"
     );
 }
 

@@ -4,6 +4,7 @@
 //! rules, learns noise, counts, and keeps a redacted sample of a mismatch. It sits below the
 //! proxy and above the upstream side: the proxy hands it requests, it never calls back.
 
+pub mod budget;
 pub mod dispatch;
 
 use crate::access::{self, AccessEntry};
@@ -41,6 +42,8 @@ pub struct MirrorSettings {
 /// Everything an exchange needs, shared by every worker's exchanges.
 pub struct Mirror {
     pub dispatcher: Dispatcher,
+    /// Bounds the request bodies held in memory for mirrors.
+    pub budget: Arc<budget::BodyBudget>,
     legacy: UpstreamUrl,
     twin: Option<UpstreamUrl>,
     /// Used by threads that are not proxy workers (each worker has a pool of its own).
@@ -54,6 +57,7 @@ pub struct Mirror {
 pub struct MirrorParts {
     pub concurrency: usize,
     pub queue: usize,
+    pub max_buffered_bytes: usize,
     pub legacy: UpstreamUrl,
     pub twin: Option<UpstreamUrl>,
     pub shared_pool: Pool,
@@ -66,6 +70,7 @@ impl Mirror {
     pub fn new(p: MirrorParts) -> Mirror {
         Mirror {
             dispatcher: Dispatcher::new(p.concurrency, p.queue),
+            budget: budget::BodyBudget::new(p.max_buffered_bytes),
             legacy: p.legacy,
             twin: p.twin,
             shared_pool: p.shared_pool,
@@ -110,6 +115,8 @@ pub struct LegacyHead {
 pub struct ShadowRequest {
     pub parts: http::request::Parts,
     pub body: Bytes,
+    /// The body's bytes in the mirror's budget, given back when the exchange ends.
+    pub held: Option<budget::Held>,
     /// The signed session snapshot, resolved before PHP saw the request.
     pub session_header: Option<HeaderValue>,
     /// A promoted route verified the other way round: the candidate served the client (its
@@ -125,6 +132,7 @@ impl ShadowRequest {
         let ShadowRequest {
             mut parts,
             body,
+            held,
             session_header,
             reverse,
         } = self;
@@ -133,6 +141,7 @@ impl ShadowRequest {
         ShadowRequest {
             parts,
             body: Bytes::copy_from_slice(&body),
+            held,
             session_header,
             reverse,
         }
@@ -441,7 +450,7 @@ async fn exchange(
                 mirror.metrics.dropped(DropReason::Timeout);
             }
             let cause = format!("candidate: {e}");
-            tracing::debug!(route = %entry.label, %cause, "candidate failed");
+            access::warn_limited(access::Warning::Candidate, &entry.label, &cause);
             entry.record_error(cause.clone(), crate::stats::now_secs());
             entry.stats.upstream_error(Side::Candidate);
             entry

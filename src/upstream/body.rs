@@ -207,3 +207,52 @@ pub fn concat(chunks: Vec<Bytes>) -> Bytes {
         }
     }
 }
+
+/// A request body spooled to a file, sent from the file: `len` bytes, an exact size.
+pub struct FileBody {
+    stream: tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>,
+    remaining: u64,
+}
+
+impl FileBody {
+    pub fn new(file: tokio::fs::File, len: u64) -> FileBody {
+        use tokio::io::AsyncReadExt;
+        FileBody {
+            stream: tokio_util::io::ReaderStream::with_capacity(file.take(len), 64 * 1024),
+            remaining: len,
+        }
+    }
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use futures_util::Stream;
+        match Pin::new(&mut self.stream).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if self.remaining > 0 => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the spooled request body is shorter than it was",
+            )))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}

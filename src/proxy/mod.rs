@@ -3,20 +3,23 @@
 //! serves the client from the legacy app (or the candidate once promoted) by streaming, and hands
 //! eligible requests to the [`crate::mirror`] without ever waiting for it.
 
+pub mod request_body;
+
 use crate::access::{self, AccessEntry};
 use crate::app::App;
 use crate::mirror::{self, LegacyHead};
 use crate::mode::Mode;
 use crate::route::RouteEntry;
-use crate::stats::{DropReason, Outcome, Side};
-use crate::upstream::body::{self, full, ProxyBody, ReplayBody, TeeBody};
+use crate::stats::{DropReason, Outcome, RejectReason, Side};
+use crate::upstream::body::{self, full, ProxyBody, TeeBody};
+use crate::upstream::headers::{ClientInfo, Direction};
 use crate::upstream::{detach, forward_request, headers, UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use request_body::{BodyError, BodyLimits, Mirroring};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,11 +50,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiv
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let client_ip = headers::client_ip_header(remote);
+                let client = ClientInfo::new(remote, &app.limits.trusted_proxies);
                 let service = hyper::service::service_fn(move |req| {
                     let app = app.clone();
-                    let client_ip = client_ip.clone();
-                    async move { Ok::<_, Infallible>(handle(app, req, client_ip).await) }
+                    let client = client.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req, client).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -87,9 +90,18 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     r
 }
 
+/// A response cutover makes itself that ends the connection (the client's request was not
+/// read to its end).
+fn closing(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut r = plain(status, text);
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 fn upstream_response(resp: Response<UpstreamBody>) -> (http::response::Parts, UpstreamBody) {
     let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, Direction::Response);
     (parts, body)
 }
 
@@ -135,66 +147,107 @@ fn session_id_of(headers: &http::HeaderMap, cookie: &str) -> Option<String> {
     )
 }
 
-/// What happened to the request body before forwarding.
-enum RequestBody {
-    /// Read whole (within the cap): can be sent to both sides.
-    Buffered(Bytes),
-    /// Too large or unknown: streamed to the legacy app only.
-    Streamed(ProxyBody),
+fn body_limits(app: &App) -> BodyLimits {
+    BodyLimits {
+        idle: app.limits.body_idle,
+        max: app.limits.max_body,
+        spool_dir: app.limits.spool_dir.clone(),
+    }
 }
 
-/// Reads a request body up to `cap`; past that, returns a body replaying what was read and
-/// then the rest, so the legacy app still gets every byte.
-async fn read_body_capped(
-    body: Incoming,
-    cap: usize,
-    declared: Option<u64>,
-) -> Result<RequestBody, hyper::Error> {
-    if body.is_end_stream() {
-        return Ok(RequestBody::Buffered(Bytes::new()));
-    }
-    if declared.is_some_and(|n| n > cap as u64) {
-        return Ok(RequestBody::Streamed(body::boxed(body)));
-    }
-    let mut body = body;
-    let mut chunks = Vec::new();
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        if let Ok(data) = frame.into_data() {
-            len += data.len();
-            chunks.push(data);
-            if len > cap {
-                return Ok(RequestBody::Streamed(body::boxed(ReplayBody::new(
-                    chunks, body, declared,
-                ))));
-            }
+fn declared_length(parts: &http::request::Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// The answer for a body that could not be read, counted.
+fn body_refused(app: &App, e: BodyError) -> Response<ProxyBody> {
+    debug!(error = %e, "client request body");
+    match e {
+        BodyError::Timeout(_) => {
+            app.metrics.rejected(RejectReason::BodyTimeout);
+            closing(
+                StatusCode::REQUEST_TIMEOUT,
+                "cutover: the request body stalled\n",
+            )
         }
+        BodyError::TooLarge(_) => {
+            app.metrics.rejected(RejectReason::BodyTooLarge);
+            closing(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "cutover: the request body is too large\n",
+            )
+        }
+        BodyError::Client(_) => {
+            app.metrics.rejected(RejectReason::BodyFailed);
+            closing(
+                StatusCode::BAD_REQUEST,
+                "cutover: the request body could not be read\n",
+            )
+        }
+        BodyError::Spool(_) => closing(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cutover: the request body could not be stored\n",
+        ),
     }
-    Ok(RequestBody::Buffered(body::concat(chunks)))
 }
 
-/// Serves one client request; `client_ip` is its connection's `headers::client_ip_header`.
+/// The request body read whole before an upstream connection is taken for it (see
+/// [`request_body`]), ready to send; Err is the answer to give instead.
+async fn buffered_body(
+    app: &App,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<ProxyBody, Response<ProxyBody>> {
+    if body.is_end_stream() {
+        return Ok(body::empty());
+    }
+    match request_body::read(body, declared_length(parts), &body_limits(app), None).await {
+        Ok(read) => Ok(read.stored.into_body()),
+        Err(e) => Err(body_refused(app, e)),
+    }
+}
+
+/// Serves one client request;/// Serves one client request; `client` is what its connection says about the client.
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
-    client_ip: HeaderValue,
+    client: ClientInfo,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     if head_size(&parts) > MAX_HEAD_BYTES {
         // hyper's read buffer limit is not an exact head limit: a head that arrives in one
         // read can pass it. This is the exact one.
-        return plain(
+        app.metrics.rejected(RejectReason::HeadTooLarge);
+        return closing(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "cutover: request head too large\n",
         );
     }
     if parts.method == Method::CONNECT {
+        app.metrics.rejected(RejectReason::Connect);
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "cutover: CONNECT is not proxied\n",
         );
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is answered 400
+    // (as nginx does); forwarded, PHP would see the upstream's address or either host.
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if parts.version == http::Version::HTTP_11 => {
+            app.metrics.rejected(RejectReason::MissingHost);
+            return closing(StatusCode::BAD_REQUEST, "cutover: Host is required\n");
+        }
+        (Some(_), Some(_)) => {
+            app.metrics.rejected(RejectReason::DuplicateHost);
+            return closing(StatusCode::BAD_REQUEST, "cutover: more than one Host\n");
+        }
+        _ => {}
     }
     // Kept (for the log, the exchange) while the upstream answers: not as a slice of hyper's
     // read buffer (see `detach`).
@@ -206,29 +259,23 @@ pub async fn handle(
         // differently (request smuggling).
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
-    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_hop_by_hop(&mut parts.headers, Direction::Request);
     headers::strip_cutover_headers(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, &client_ip);
+    headers::add_forwarded(&mut parts.headers, &client);
     let mode = entry.mode();
     if mode == Mode::Legacy {
-        return serve_plain(
-            &app,
-            &entry,
-            mode,
-            parts,
-            body::boxed(body),
-            started,
-            Some("route_mode"),
-        )
-        .await;
+        let body = match buffered_body(&app, &parts, body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return serve_plain(&app, &entry, mode, parts, body, started, Some("route_mode")).await;
     }
     // Only the mirrored and promoted paths need the session cookie (sampling, the snapshot).
     let session = session_id_of(&parts.headers, &app.session_cookie);
     match mode {
-        Mode::Legacy => {
-            serve_plain(&app, &entry, mode, parts, body::boxed(body), started, None).await
+        Mode::Legacy | Mode::Shadow => {
+            serve_shadow(&app, &entry, parts, body, session, started).await
         }
-        Mode::Shadow => serve_shadow(&app, &entry, parts, body, session, started).await,
         Mode::Candidate => {
             if entry.percent() >= 100
                 || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
@@ -249,13 +296,18 @@ pub async fn handle(
                     }
                     // Without the user's session the candidate would answer a logged-out page.
                     Err(cause) => {
+                        access::warn_limited(access::Warning::SessionStore, &entry.label, &cause);
                         entry.record_error(cause, crate::stats::now_secs());
+                        let body = match buffered_body(&app, &parts, body).await {
+                            Ok(b) => b,
+                            Err(r) => return r,
+                        };
                         serve_plain(
                             &app,
                             &entry,
                             mode,
                             parts,
-                            body::boxed(body),
+                            body,
                             started,
                             Some("session_error"),
                         )
@@ -297,7 +349,7 @@ async fn serve_plain(
 ) -> Response<ProxyBody> {
     let headers = std::mem::take(&mut parts.headers);
     let resp = match forward_request(&app.legacy, &parts, headers, body) {
-        Ok(req) => app.pool().send(&app.legacy, req).await,
+        Ok(req) => send_legacy(app, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
             return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
@@ -323,36 +375,73 @@ async fn serve_plain(
             });
             Response::from_parts(parts_out, body::boxed(body))
         }
-        Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
+        Err(e) => legacy_failed(app, entry, mode, &parts, e, elapsed),
+    }
+}
+
+/// Why the legacy app gave no response.
+enum LegacyFailure {
+    Upstream(UpstreamError),
+    /// No response head within `upstreams.legacy_timeout_ms`.
+    Timeout(Duration),
+}
+
+/// Sends a request to the legacy app, waiting at most `upstreams.legacy_timeout_ms` for the
+/// response head.
+async fn send_legacy(
+    app: &App,
+    req: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, LegacyFailure> {
+    let wait = app.limits.legacy_timeout;
+    match tokio::time::timeout(wait, app.pool().send(&app.legacy, req)).await {
+        Ok(r) => r.map_err(LegacyFailure::Upstream),
+        Err(_) => Err(LegacyFailure::Timeout(wait)),
     }
 }
 
 fn legacy_failed(
+    app: &App,
     entry: &RouteEntry,
     mode: Mode,
     parts: &http::request::Parts,
-    e: UpstreamError,
+    failure: LegacyFailure,
     elapsed: Duration,
 ) -> Response<ProxyBody> {
-    warn!(route = %entry.label, error = %e, "legacy upstream failed");
+    let (status, outcome, cause) = match &failure {
+        LegacyFailure::Upstream(e) => (502, "legacy_error", e.to_string()),
+        LegacyFailure::Timeout(d) => {
+            app.metrics.rejected(RejectReason::LegacyTimeout);
+            (
+                504,
+                "legacy_timeout",
+                format!("no response head within {d:?}"),
+            )
+        }
+    };
+    warn!(route = %entry.label, %cause, "legacy upstream failed");
     entry.stats.upstream_error(Side::Legacy);
-    entry.stats.request(mode, 502, false);
-    let cause = e.to_string();
+    entry.stats.request(mode, status, false);
     access::log(AccessEntry {
         route: &entry.label,
         mode,
         served_by: "proxy",
         method: &parts.method,
         path: parts.uri.path(),
-        legacy: Some((502, elapsed)),
+        legacy: Some((status, elapsed)),
         candidate: None,
-        outcome: "legacy_error",
+        outcome,
         reason: Some(&cause),
     });
-    plain(
-        StatusCode::BAD_GATEWAY,
-        "cutover: the legacy upstream is unavailable\n",
-    )
+    match failure {
+        LegacyFailure::Upstream(_) => plain(
+            StatusCode::BAD_GATEWAY,
+            "cutover: the legacy upstream is unavailable\n",
+        ),
+        LegacyFailure::Timeout(_) => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "cutover: the legacy upstream did not answer in time\n",
+        ),
+    }
 }
 
 async fn serve_shadow(
@@ -374,52 +463,58 @@ async fn serve_shadow(
     };
     if !mirrored {
         app.metrics.dropped(DropReason::Method);
-        return serve_plain(
-            app,
-            entry,
-            mode,
-            parts,
-            body::boxed(body),
-            started,
-            Some("method"),
-        )
-        .await;
+        let body = match buffered_body(app, &parts, body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return serve_plain(app, entry, mode, parts, body, started, Some("method")).await;
     }
     entry.note_mirror_eligible();
     if !sampled(sample, session.as_deref()) {
         app.metrics.dropped(DropReason::SampledOut);
-        return serve_plain(
-            app,
-            entry,
-            mode,
-            parts,
-            body::boxed(body),
-            started,
-            Some("sampled_out"),
-        )
-        .await;
+        let body = match buffered_body(app, &parts, body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return serve_plain(app, entry, mode, parts, body, started, Some("sampled_out")).await;
     }
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let request_body = match read_body_capped(body, max_body, declared).await {
-        Ok(b) => b,
-        Err(e) => {
-            debug!(error = %e, "client request body failed");
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "cutover: the request body could not be read\n",
-            );
-        }
+    let read = match request_body::read(
+        body,
+        declared_length(&parts),
+        &body_limits(app),
+        Some((max_body, app.mirror.budget.hold())),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return body_refused(app, e),
     };
-    let bytes = match request_body {
-        RequestBody::Streamed(b) => {
-            app.metrics.dropped(DropReason::BodyTooLarge);
-            return serve_plain(app, entry, mode, parts, b, started, Some("body_too_large")).await;
+    let (bytes, held) = match (read.mirroring, read.stored) {
+        (Mirroring::Kept(held), request_body::Stored::Memory(bytes)) => (bytes, held),
+        (mirroring, stored) => {
+            let (reason, why) = match mirroring {
+                Mirroring::BuffersFull => (DropReason::BuffersFull, "buffers_full"),
+                _ => (DropReason::BodyTooLarge, "body_too_large"),
+            };
+            app.metrics.dropped(reason);
+            if reason == DropReason::BuffersFull {
+                access::warn_limited(
+                    access::Warning::Dropped,
+                    &entry.label,
+                    "mirror buffers full: served without a comparison",
+                );
+            }
+            return serve_plain(
+                app,
+                entry,
+                mode,
+                parts,
+                stored.into_body(),
+                started,
+                Some(why),
+            )
+            .await;
         }
-        RequestBody::Buffered(b) => b,
     };
     let session_header = match resolve_session(app, &parts, session).await {
         Ok(h) => h,
@@ -441,6 +536,11 @@ async fn serve_shadow(
     };
     let Some(slot) = app.mirror.dispatcher.try_reserve() else {
         app.metrics.dropped(DropReason::QueueFull);
+        access::warn_limited(
+            access::Warning::Dropped,
+            &entry.label,
+            "mirror queue full: served without a comparison",
+        );
         return serve_plain(
             app,
             entry,
@@ -460,6 +560,7 @@ async fn serve_shadow(
         mirror::ShadowRequest {
             parts: parts.clone(),
             body: bytes.clone(),
+            held: Some(held),
             session_header,
             reverse: false,
         },
@@ -467,7 +568,7 @@ async fn serve_shadow(
     );
     let headers = std::mem::take(&mut parts.headers);
     let resp = match forward_request(&app.legacy, &parts, headers, body::full(bytes)) {
-        Ok(req) => app.pool().send(&app.legacy, req).await,
+        Ok(req) => send_legacy(app, req).await,
         Err(e) => {
             warn!(error = %e, "cannot build the legacy request");
             return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n");
@@ -481,7 +582,7 @@ async fn serve_shadow(
             entry.stats.request(mode, parts_out.status.as_u16(), true);
             tee_to_exchange(head_tx, parts_out, body, elapsed, max_body)
         }
-        Err(e) => legacy_failed(entry, mode, &parts, e, elapsed),
+        Err(e) => legacy_failed(app, entry, mode, &parts, e, elapsed),
     }
 }
 
@@ -540,6 +641,10 @@ async fn serve_candidate(
     let mode = Mode::Candidate;
     let settings = entry.settings_owned();
     let bodiless = body.is_end_stream();
+    let body = match buffered_body(app, &parts, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let retry_on_legacy = crate::upstream::is_safe(&parts.method) && bodiless;
     // verify_after_promotion: safe, bodiless, eligible requests are also sent to the legacy app
     // and compared, the other way round. Unsafe ones never are: PHP would commit them twice.
@@ -557,7 +662,7 @@ async fn serve_candidate(
     }
     // A copy: PHP may still get these headers if the candidate cannot answer.
     let headers = parts.headers.clone();
-    let mut req = match forward_request(&settings.candidate, &parts, headers, body::boxed(body)) {
+    let mut req = match forward_request(&settings.candidate, &parts, headers, body) {
         Ok(r) => r,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "cutover: bad request target\n"),
     };
@@ -573,6 +678,7 @@ async fn serve_candidate(
             mirror::ShadowRequest {
                 parts: parts.clone(),
                 body: Bytes::new(),
+                held: None,
                 session_header: None,
                 reverse: true,
             },
