@@ -310,6 +310,7 @@ pub fn routes_view(app: &App) -> RoutesView {
             continue;
         }
         let v = gate::verdict(c.evidence(), &t);
+        let last_error = e.last_error();
         routes.push(RouteView {
             route: e.label.clone(),
             mode: e.mode().as_str().into(),
@@ -326,6 +327,7 @@ pub fn routes_view(app: &App) -> RoutesView {
             gate: GateView {
                 passing: v.passing,
                 reason: v.reason,
+                eta_secs: if v.passing { Some(0) } else { None },
             },
             legacy_p50_ms: Counts::quantile_ms(&c.legacy_lat, 0.5),
             legacy_p99_ms: Counts::quantile_ms(&c.legacy_lat, 0.99),
@@ -334,6 +336,9 @@ pub fn routes_view(app: &App) -> RoutesView {
             noise: e.findings().noise.noise_keys(&noise_t),
             state_version: app.state_version_of(&e.label),
             sparkline: e.stats.rate_series(30),
+            mirrorable: e.mirrorable(),
+            last_error: last_error.as_ref().map(|(_, c)| c.clone()),
+            last_error_at: last_error.map(|(at, _)| at),
         });
     }
     let requests = routes.iter().map(|r| r.requests).sum();

@@ -59,6 +59,17 @@ pub struct RouteView {
     /// Mismatch rate of the latest window slots, oldest first.
     #[serde(default)]
     pub sparkline: Vec<Option<f64>>,
+    /// Whether the route's comparisons can say anything: not in `legacy` mode, and some
+    /// request of it could be mirrored (a route that only ever received POSTs while
+    /// `mirror_methods` is GET and HEAD is not).
+    #[serde(default)]
+    pub mirrorable: bool,
+    /// The latest candidate or session error with its cause (`candidate: connect refused`).
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// When it happened (unix seconds).
+    #[serde(default)]
+    pub last_error_at: Option<u64>,
 }
 
 /// A route's gate verdict.
@@ -66,6 +77,10 @@ pub struct RouteView {
 pub struct GateView {
     pub passing: bool,
     pub reason: String,
+    /// Seconds until the gate would open at the recent rate of clean samples (0 when
+    /// passing; null when unknown: no recent clean samples, or failures keep it closed).
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
 }
 
 /// Proxy-wide counters for the TUI header.

@@ -62,7 +62,7 @@ pub struct App {
     /// The session cookie's name (`session_name()`).
     pub session_cookie: String,
     /// The session store and header signer (None with `store = "none"`).
-    pub session: Option<crate::session::Resolver>,
+    pub session: Option<Arc<crate::session::Resolver>>,
     /// The fleet's shared route modes (None without `[state]`).
     pub fleet: Option<Fleet>,
     pub events: Events,
@@ -175,7 +175,9 @@ impl App {
         let admin_token = std::env::var(&config.admin.token_env)
             .ok()
             .filter(|t| !t.is_empty());
-        let session = crate::session::Resolver::start(&config.session, &metrics).await?;
+        let session = crate::session::Resolver::start(&config.session, &metrics)
+            .await?
+            .map(Arc::new);
         let mirror = Arc::new(Mirror::new(MirrorParts {
             concurrency: *config.mirror.concurrency.get_ref(),
             queue: config.mirror.queue,
@@ -187,6 +189,7 @@ impl App {
             metrics: metrics.clone(),
             settings: mirror_settings(&config)?,
             sink,
+            session: session.clone(),
         }));
         pool.start_reaper();
         Ok(App {

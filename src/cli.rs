@@ -246,7 +246,11 @@ async fn gate_cmd(admins: Vec<String>, routes: Vec<String>, json: bool) -> u8 {
     };
     let (all, t) = crate::client::fleet(&views);
     let chosen: Vec<&crate::api::RouteView> = if routes.is_empty() {
-        all.iter().filter(|r| r.mode == "shadow").collect()
+        // A route none of whose requests could be mirrored (POST-only with GET mirrored, say)
+        // would hold the gate closed for ever: it is not judged unless named.
+        all.iter()
+            .filter(|r| r.mode == "shadow" && r.mirrorable)
+            .collect()
     } else {
         let mut v = Vec::new();
         for name in &routes {

@@ -170,6 +170,11 @@ pub fn fleet(views: &[RoutesView]) -> (Vec<RouteView>, Thresholds) {
                     acc.mismatches += r.mismatches;
                     acc.errors += r.errors;
                     acc.skipped += r.skipped;
+                    acc.mirrorable |= r.mirrorable;
+                    if r.last_error_at > acc.last_error_at {
+                        acc.last_error = r.last_error.clone();
+                        acc.last_error_at = r.last_error_at;
+                    }
                     if acc.mode != r.mode {
                         acc.mode = "mixed".into();
                     }
@@ -202,6 +207,7 @@ pub fn fleet(views: &[RoutesView]) -> (Vec<RouteView>, Thresholds) {
             r.gate = GateView {
                 passing: v.passing,
                 reason: v.reason,
+                eta_secs: r.gate.eta_secs,
             };
         }
         out.push(r);
@@ -215,6 +221,7 @@ pub fn judge(r: &RouteView, t: &Thresholds) -> Verdict {
         gate::Evidence {
             samples: r.samples,
             failures: r.mismatches + r.errors,
+            errors: r.errors,
         },
         t,
     )

@@ -218,6 +218,31 @@ pub struct Session {
     pub dynamodb: Option<SessionDynamo>,
     #[serde(default)]
     pub redis: Option<SessionRedis>,
+    /// How long the read of the session after PHP's response waits for PHP's lock.
+    #[serde(default = "default_after_wait")]
+    pub after_read_wait_ms: u64,
+    /// The twin's own copy of the store: required with `upstreams.legacy_twin` and a store.
+    #[serde(default)]
+    pub twin: Option<SessionTwin>,
+}
+
+/// Where the twin PHP keeps its sessions: the same kind of store as the live one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionTwin {
+    /// files: the twin PHP's `session.save_path`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// redis: the twin PHP's phpredis key prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// dynamodb: the twin's table, same layout as the live one.
+    #[serde(default)]
+    pub table: Option<String>,
+}
+
+fn default_after_wait() -> u64 {
+    5000
 }
 
 fn default_cookie() -> String {
@@ -251,6 +276,8 @@ impl Default for Session {
             files: None,
             dynamodb: None,
             redis: None,
+            after_read_wait_ms: default_after_wait(),
+            twin: None,
         }
     }
 }
@@ -822,6 +849,33 @@ impl Config {
                     f.path.span(),
                     "session.files.path",
                     format!("`{}` is not a session.save_path: {e}", f.path.get_ref()),
+                );
+            }
+        }
+        if self.upstreams.legacy_twin.is_some() && self.session.store != StoreKind::None {
+            let (key, present) = match (self.session.store, &self.session.twin) {
+                (_, None) => ("session.twin", false),
+                (StoreKind::Files, Some(t)) => ("session.twin.path", t.path.is_some()),
+                (StoreKind::Redis, Some(t)) => ("session.twin.prefix", t.prefix.is_some()),
+                (StoreKind::Dynamodb, Some(t)) => ("session.twin.table", t.table.is_some()),
+                (StoreKind::None, Some(_)) => ("session.twin", true),
+            };
+            if !present {
+                return err(
+                    0..0,
+                    key,
+                    format!(
+                        "a twin (upstreams.legacy_twin) with a session store needs its own copy of the store, or it writes into real users' sessions: set {key}"
+                    ),
+                );
+            }
+        }
+        if let Some(t) = self.session.twin.as_ref().and_then(|t| t.path.as_ref()) {
+            if let Err(e) = cutover_session::files::SavePath::parse(t) {
+                return err(
+                    0..0,
+                    "session.twin.path",
+                    format!("`{t}` is not a session.save_path: {e}"),
                 );
             }
         }

@@ -1,13 +1,15 @@
 //! `cutover demo`: the whole idea in one command, with nothing to set up. In this process it
 //! starts a PHP-like legacy app (HTML pages with a CSRF token and a timestamp, JSON APIs, a login
-//! that writes a PHP-format session into a temporary `files` store), a twin of it (for noise),
-//! a Rust candidate that reads the session through the signed header and matches on most routes
-//! but has two realistic bugs (a wrong JSON field on `/api/products/{id}`, a missing element on
-//! `/products/{id}`), a traffic generator with a few logged-in users, the proxy, and the TUI.
+//! that writes a PHP-format session into a temporary `files` store), a twin of it (for noise,
+//! on its own copy of the sessions), a Rust candidate that reads the session through the signed
+//! header and matches on most routes but has three realistic bugs (a wrong JSON field on
+//! `/api/products/{id}`, a missing element on `/products/{id}`, a login that forgets to put the
+//! cart in the session), a traffic generator with a few logged-in users, the proxy, and the TUI.
 
 use bytes::Bytes;
 use cutover_session::header::{verify, Keyring};
 use cutover_session::php::{self, Serializer, Value};
+use cutover_session::SessionWrite;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -125,17 +127,31 @@ fn handle(ctx: &AppCtx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ("GET", ["", "about"]) => html("About", "<h1>About us</h1><p>Since 1999.</p>"),
         ("GET", ["", "login"]) => html("Log in", "<form method=\"post\" action=\"/login\"><input name=\"user\"><button>Log in</button></form>"),
         ("POST", ["", "login"]) => {
-            // PHP's session_start() + $_SESSION writes, as the files handler stores them.
+            // PHP's session_start() + $_SESSION writes, as the files handler stores them; the
+            // candidate declares the session it would leave instead (shadow mode).
             let name = req.uri().query().and_then(|q| q.strip_prefix("user=")).unwrap_or("guest").to_string();
             let id = token();
             let mut s = php::Session::new(Serializer::Php);
             s.set("user_id", Value::Int(100 + USERS.iter().position(|u| *u == name).unwrap_or(9) as i64));
             s.set("name", Value::Str(name.into_bytes()));
-            s.set("cart", Value::Array(vec![(php::Key::Int(0), Value::Int(1)), (php::Key::Int(1), Value::Int(3))]));
-            if let Ok(bytes) = s.encode() {
-                let _ = std::fs::write(ctx.sessions.join(format!("sess_{id}")), bytes);
-            }
             let mut r = Response::new(Full::new(Bytes::new()));
+            match ctx.kind {
+                Kind::Legacy => {
+                    s.set("cart", Value::Array(vec![(php::Key::Int(0), Value::Int(1)), (php::Key::Int(1), Value::Int(3))]));
+                    if let Ok(bytes) = s.encode() {
+                        let _ = std::fs::write(ctx.sessions.join(format!("sess_{id}")), bytes);
+                    }
+                }
+                // The candidate's session bug: the login forgets the cart.
+                Kind::Candidate => {
+                    if let Ok(data) = s.to_json() {
+                        let write = SessionWrite::Set { id: Some(id.clone()), data };
+                        if let Ok(v) = http::HeaderValue::from_str(&write.to_header()) {
+                            r.headers_mut().insert(cutover_session::WRITE_HEADER, v);
+                        }
+                    }
+                }
+            }
             *r.status_mut() = StatusCode::FOUND;
             r.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static("/account"));
             if let Ok(v) = http::HeaderValue::from_str(&format!("PHPSESSID={id}; path=/; HttpOnly")) {
@@ -221,27 +237,36 @@ async fn serve(ctx: Arc<AppCtx>) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+type DemoClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// Logs `user` in through the proxy; the session cookie it got.
+async fn login(client: &DemoClient, base: &str, user: &str) -> Option<String> {
+    let req = Request::post(format!("{base}/login?user={user}"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = client.request(req).await.ok()?;
+    let c = resp
+        .headers()
+        .get(http::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())?;
+    Some(c.split(';').next().unwrap_or("").to_string())
+}
+
 /// Logged-in users browsing the shop until `stop` turns true.
 async fn traffic(proxy: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+    let client: DemoClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(http);
     let base = format!("http://{proxy}");
-    let mut cookies = Vec::new();
+    let mut cookies: Vec<String> = Vec::new();
     for u in USERS {
-        let req = Request::post(format!("{base}/login?user={u}")).body(Full::new(Bytes::new()));
-        if let Ok(req) = req {
-            if let Ok(resp) = client.request(req).await {
-                if let Some(c) = resp
-                    .headers()
-                    .get(http::header::SET_COOKIE)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    cookies.push(c.split(';').next().unwrap_or("").to_string());
-                }
-            }
+        if let Some(c) = login(&client, &base, u).await {
+            cookies.push(c);
         }
     }
     let paths = [
@@ -255,10 +280,20 @@ async fn traffic(proxy: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>
         "/login",
     ];
     let mut tick = tokio::time::interval(Duration::from_millis(8));
+    let mut n = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        n += 1;
+        // Now and then a user logs in again (a new session, as after a logout).
+        if n.is_multiple_of(25) && !cookies.is_empty() {
+            let i = fastrand::usize(..cookies.len());
+            if let Some(c) = login(&client, &base, USERS[i % USERS.len()]).await {
+                cookies[i] = c;
+            }
+            continue;
         }
         let path = paths[fastrand::usize(..paths.len())];
         let path = if path.ends_with('/') && path.len() > 1 {
@@ -282,7 +317,13 @@ async fn traffic(proxy: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>
     }
 }
 
-fn config(dir: &Path, legacy: SocketAddr, twin: SocketAddr, candidate: SocketAddr) -> String {
+fn config(
+    dir: &Path,
+    twin_dir: &Path,
+    legacy: SocketAddr,
+    twin: SocketAddr,
+    candidate: SocketAddr,
+) -> String {
     format!(
         r#"[listen]
 proxy = "127.0.0.1:0"
@@ -298,6 +339,8 @@ store = "files"
 secret_env = "{SECRET_ENV}"
 timeout_ms = 100
 [session.files]
+path = "{}"
+[session.twin]
 path = "{}"
 
 [defaults]
@@ -318,6 +361,7 @@ pattern = "/"
 pattern = "/about"
 [[route]]
 pattern = "/login"
+mirror_methods = ["GET", "POST"]
 [[route]]
 pattern = "/account"
 [[route]]
@@ -329,7 +373,8 @@ pattern = "/products/{{id}}"
 [[route]]
 pattern = "/search"
 "#,
-        dir.display()
+        dir.display(),
+        twin_dir.display()
     )
 }
 
@@ -414,18 +459,22 @@ pub async fn run(headless: bool, duration: Option<Duration>) -> Result<(), DemoE
     std::fs::create_dir_all(&dir)?;
     let secret = std::env::var(SECRET_ENV).map_err(|_| DemoError::NoSecret(SECRET_ENV))?;
     let keys = Keyring::single(secret.into_bytes());
-    let app = |kind| {
+    // The twin PHP keeps its sessions in a folder of its own, which cutover fills with a copy
+    // of each request's session before the twin sees it.
+    let twin_dir = dir.join("twin");
+    std::fs::create_dir_all(&twin_dir)?;
+    let app = |kind, sessions: &Path| {
         Arc::new(AppCtx {
             kind,
-            sessions: dir.clone(),
+            sessions: sessions.to_path_buf(),
             keys: keys.clone(),
         })
     };
-    let legacy = serve(app(Kind::Legacy)).await?;
-    let twin = serve(app(Kind::Legacy)).await?;
-    let candidate = serve(app(Kind::Candidate)).await?;
+    let legacy = serve(app(Kind::Legacy, &dir)).await?;
+    let twin = serve(app(Kind::Legacy, &twin_dir)).await?;
+    let candidate = serve(app(Kind::Candidate, &dir)).await?;
     let cfg = crate::config::Config::from_str_at(
-        &config(&dir, legacy, twin, candidate),
+        &config(&dir, &twin_dir, legacy, twin, candidate),
         "demo.toml",
         &dir,
     )?;

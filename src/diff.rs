@@ -409,6 +409,65 @@ pub fn diff_bodies(
     out.len() == before
 }
 
+/// The session a side left after a request, in the JSON form of PHP sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionAfter {
+    /// No session: none was started, or it was destroyed.
+    None,
+    Session {
+        /// Under another id than the request's (`session_regenerate_id()`, or a new session).
+        regenerated: bool,
+        /// The session's variables.
+        data: serde_json::Value,
+    },
+}
+
+/// Two sessions left after a request: `session` when one side has none, `session/$id` when one
+/// side regenerated the id and the other did not, `session/<pointer>` for data.
+pub fn diff_sessions(
+    legacy: &SessionAfter,
+    candidate: &SessionAfter,
+    tolerance: &FloatTolerance,
+    out: &mut Vec<Difference>,
+) {
+    let fate = |r: bool| if r { "regenerated" } else { "kept" };
+    match (legacy, candidate) {
+        (SessionAfter::None, SessionAfter::None) => {}
+        (SessionAfter::Session { data, .. }, SessionAfter::None) => out.push(Difference {
+            path: "session".into(),
+            kind: DiffKind::Missing,
+            legacy: Some(compact(data)),
+            candidate: None,
+        }),
+        (SessionAfter::None, SessionAfter::Session { data, .. }) => out.push(Difference {
+            path: "session".into(),
+            kind: DiffKind::Extra,
+            legacy: None,
+            candidate: Some(compact(data)),
+        }),
+        (
+            SessionAfter::Session {
+                regenerated: rl,
+                data: dl,
+            },
+            SessionAfter::Session {
+                regenerated: rc,
+                data: dc,
+            },
+        ) => {
+            if rl != rc {
+                out.push(Difference {
+                    path: "session/$id".into(),
+                    kind: DiffKind::Changed,
+                    legacy: Some(fate(*rl).into()),
+                    candidate: Some(fate(*rc).into()),
+                });
+            }
+            diff_json("session", dl, dc, tolerance, out);
+        }
+    }
+}
+
 /// The field label of a difference: array indexes folded to `*` (so `/items/0/id` and
 /// `/items/7/id` are one series).
 pub fn field_label(path: &str) -> String {
@@ -514,6 +573,41 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn sessions_after() {
+        let t = FloatTolerance::default();
+        let s = |regenerated, data| SessionAfter::Session { regenerated, data };
+        let mut out = Vec::new();
+        diff_sessions(
+            &s(true, serde_json::json!({"user_id": 7, "csrf": "x"})),
+            &s(false, serde_json::json!({"user_id": 7})),
+            &t,
+            &mut out,
+        );
+        let got: Vec<(&str, DiffKind)> = out.iter().map(|d| (d.path.as_str(), d.kind)).collect();
+        assert_eq!(
+            got,
+            [
+                ("session/$id", DiffKind::Changed),
+                ("session/csrf", DiffKind::Missing)
+            ]
+        );
+        out.clear();
+        diff_sessions(
+            &SessionAfter::None,
+            &s(false, serde_json::json!({})),
+            &t,
+            &mut out,
+        );
+        assert_eq!(
+            (out[0].path.as_str(), out[0].kind),
+            ("session", DiffKind::Extra)
+        );
+        out.clear();
+        diff_sessions(&SessionAfter::None, &SessionAfter::None, &t, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

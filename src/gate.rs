@@ -22,6 +22,9 @@ pub struct Evidence {
     pub samples: u64,
     /// Mismatches plus candidate errors.
     pub failures: u64,
+    /// Of the failures, candidate errors (connect, timeout, reset): told apart in the reason.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,10 +184,11 @@ pub fn verdict(e: Evidence, t: &Thresholds) -> Verdict {
         (
             false,
             format!(
-                "upper bound {} > {} ({} failures in {} samples); {}",
+                "upper bound {} > {} ({} mismatches, {} candidate errors in {} samples); {}",
                 pct(upper),
                 pct(t.max_mismatch_rate),
-                e.failures,
+                e.failures.saturating_sub(e.errors),
+                e.errors,
                 e.samples,
                 more_text
             ),
@@ -257,6 +261,7 @@ mod tests {
             Evidence {
                 samples: 0,
                 failures: 0,
+                errors: 0,
             },
             &DEFAULTS,
         );
@@ -288,6 +293,7 @@ mod tests {
             Evidence {
                 samples: 999,
                 failures: 0,
+                errors: 0,
             },
             &t,
         );
@@ -302,6 +308,7 @@ mod tests {
             Evidence {
                 samples: 1000,
                 failures: 0,
+                errors: 0,
             },
             &t,
         );
@@ -320,6 +327,7 @@ mod tests {
             Evidence {
                 samples: 0,
                 failures: 0,
+                errors: 0,
             },
             &t,
         );
@@ -327,6 +335,7 @@ mod tests {
             Evidence {
                 samples: n_needed - 1,
                 failures: 0,
+                errors: 0,
             },
             &t,
         );
@@ -341,6 +350,7 @@ mod tests {
             Evidence {
                 samples: n_needed,
                 failures: 0,
+                errors: 0,
             },
             &t,
         );
@@ -354,6 +364,7 @@ mod tests {
             Evidence {
                 samples: 5000,
                 failures: 20,
+                errors: 0,
             },
             &DEFAULTS,
         );

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod cookies;
 pub mod demo;
 pub mod diff;
 pub mod fleet;

@@ -42,6 +42,11 @@ pub struct NoiseKey {
     pub suggested_rule: String,
 }
 
+/// Whether a difference can be learned as noise: never one of the session's.
+fn learnable(d: &Difference) -> bool {
+    d.path != "session" && !d.path.starts_with("session/")
+}
+
 /// The key of a difference: its field (array indexes folded to `*`) and its kind.
 pub fn key_of(d: &Difference) -> String {
     let field = if d.path.starts_with("body:line") {
@@ -56,6 +61,8 @@ impl NoiseModel {
     /// Records one comparison: the legacy-vs-candidate differences, and the legacy-vs-twin ones
     /// when the twin answered.
     pub fn record(&mut self, raw: &[Difference], twin: Option<&[Difference]>) {
+        // What each side left in the session is never noise: a twin on a copy of the session
+        // does the same as PHP, so a session difference is the candidate's alone.
         let mut bump = |d: &Difference, is_raw: bool| {
             let key = key_of(d);
             if !self.keys.contains_key(&key) && self.keys.len() >= MAX_KEYS {
@@ -73,7 +80,7 @@ impl NoiseModel {
         };
         // Each key counts once per comparison, however many times it appears.
         let mut seen = std::collections::HashSet::new();
-        for d in raw {
+        for d in raw.iter().filter(|d| learnable(d)) {
             if seen.insert(key_of(d)) {
                 bump(d, true);
             }
@@ -81,7 +88,7 @@ impl NoiseModel {
         if let Some(twin) = twin {
             self.samples += 1;
             let mut seen = std::collections::HashSet::new();
-            for d in twin {
+            for d in twin.iter().filter(|d| learnable(d)) {
                 if seen.insert(key_of(d)) {
                     bump(d, false);
                 }

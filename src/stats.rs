@@ -392,6 +392,7 @@ impl Counts {
         crate::gate::Evidence {
             samples: self.samples(),
             failures: self.mismatches + self.errors,
+            errors: self.errors,
         }
     }
 

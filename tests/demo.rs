@@ -31,7 +31,13 @@ fn headless_demo_shows_buggy_routes_failing_and_the_others_passing() {
         let r = row(buggy);
         assert!(r.contains("CLOSED") && r.contains("100.00%"), "{r}");
     }
-    for good in ["/", "/about", "/account", "/api/cart", "/search", "/login"] {
+    // The login's session bug: it forgets the cart (its GET form still matches).
+    let login = row("/login");
+    assert!(
+        login.contains("CLOSED") && !login.contains(" 0.00%"),
+        "{login}"
+    );
+    for good in ["/", "/about", "/account", "/api/cart", "/search"] {
         let r = row(good);
         assert!(r.contains("PASS") && r.contains(" 0.00%"), "{r}");
     }
@@ -109,6 +115,14 @@ fn the_dashboard_in_tmux() {
         "noise learned from the twin",
         Duration::from_secs(20),
     );
+    // The login's bug is in what it leaves in the session.
+    tmux(&["send-keys", "-t", &name, "Escape"]);
+    tmux(&["send-keys", "-t", &name, "/"]);
+    tmux(&["send-keys", "-t", &name, "-l", "login"]);
+    tmux(&["send-keys", "-t", &name, "Enter"]);
+    wait_screen(&name, "filter: login", Duration::from_secs(5));
+    tmux(&["send-keys", "-t", &name, "Enter"]);
+    wait_screen(&name, "missing session/cart", Duration::from_secs(20));
     // Quit: within a second, and the terminal is back to normal.
     let started = Instant::now();
     tmux(&["send-keys", "-t", &name, "q"]);

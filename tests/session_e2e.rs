@@ -33,7 +33,8 @@ fn verified(r: &RecordedRequest) -> Result<VerifiedSession, cutover_session::hea
 }
 
 /// The new Rust handlers: they answer /whoami and /counter from the verified snapshot, with
-/// the headers PHP's session_start() sends.
+/// the headers PHP's session_start() sends, and declare the session they would leave (a new one
+/// for a visitor without one, the counter incremented) as PHP's own pages do.
 async fn rust_candidate() -> Origin {
     Origin::start(|r: RecordedRequest| async move {
         let s = verified(&r).ok();
@@ -41,23 +42,48 @@ async fn rust_candidate() -> Origin {
         let user = s
             .as_ref()
             .and_then(|s| s.get_str("user").map(str::to_string));
+        let mut after = s
+            .as_ref()
+            .map(|s| s.session.clone())
+            .unwrap_or_else(|| php::Session::new(Serializer::Php));
         let body = match r.uri.path() {
             "/whoami" => serde_json::json!({ "user_id": user_id, "user": user }),
             "/counter" => {
                 let before = s.as_ref().and_then(|s| s.get_i64("count")).unwrap_or(0);
+                after.set("count", Value::Int(before + 1));
                 serde_json::json!({ "user_id": user_id, "count": before + 1 })
             }
             _ => serde_json::json!({}),
         };
-        respond(
-            200,
-            &[
-                ("content-type", "application/json"),
-                ("cache-control", "no-store, no-cache, must-revalidate"),
-                ("pragma", "no-cache"),
-            ],
-            body.to_string(),
-        )
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            (
+                "cache-control".to_string(),
+                "no-store, no-cache, must-revalidate".to_string(),
+            ),
+            ("pragma".to_string(), "no-cache".to_string()),
+        ];
+        // session_start() for a visitor without a session cookie: a new session, and its
+        // cookie (with one, PHP keeps the visitor's id even when nothing is stored under it).
+        let has_cookie = r
+            .headers
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("PHPSESSID="));
+        let new_id = (!has_cookie).then(|| format!("rust{:016x}", fastrand::u64(..)));
+        if let Some(id) = &new_id {
+            headers.push(("set-cookie".into(), format!("PHPSESSID={id}; path=/")));
+        }
+        let write = cutover_session::SessionWrite::Set {
+            id: new_id,
+            data: after.to_json().expect("json"),
+        };
+        headers.push((cutover_session::WRITE_HEADER.to_string(), write.to_header()));
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        respond(200, &headers, body.to_string())
     })
     .await
 }
@@ -259,36 +285,6 @@ async fn forged_headers_and_hostile_cookies() {
     proxy.shutdown().await;
 }
 
-async fn create_sessions_table(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    let sdk = cutover::aws::sdk_config(Some("us-east-1"), Some(endpoint)).await;
-    let client = aws_sdk_dynamodb::Client::new(&sdk);
-    client
-        .create_table()
-        .table_name("sessions")
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attr"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("key"),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create table");
-    client
-}
-
 #[tokio::test]
 async fn dynamodb_store_end_to_end() {
     use aws_sdk_dynamodb::types::AttributeValue;
@@ -413,19 +409,6 @@ async fn dynamodb_store_end_to_end() {
         serde_json::json!({"user_id": null, "user": null})
     );
     proxy.shutdown().await;
-}
-
-fn php_has_redis() {
-    let out = std::process::Command::new(require_tool("php", "apt-get install php-cli"))
-        .arg("-m")
-        .output()
-        .expect("php -m");
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == "redis"),
-        "PHP's redis extension is missing: apt-get install php-redis"
-    );
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 
 pub mod budget;
 pub mod dispatch;
+pub mod effects;
+pub mod races;
 
 use crate::access::{self, AccessEntry};
 use crate::diff::{Captured, Comparator, DiffKind, Difference, Report};
@@ -51,6 +53,10 @@ pub struct Mirror {
     metrics: Arc<Metrics>,
     settings: ArcSwap<MirrorSettings>,
     sink: Option<JsonlSink<Sample>>,
+    /// The session store, for what each side leaves in the session (None: no store).
+    session: Option<Arc<crate::session::Resolver>>,
+    /// Requests of a session that arrive while an exchange waits to read it.
+    pub races: Arc<races::SessionRaces>,
 }
 
 /// How the mirror is set up.
@@ -64,9 +70,15 @@ pub struct MirrorParts {
     pub metrics: Arc<Metrics>,
     pub settings: MirrorSettings,
     pub sink: Option<JsonlSink<Sample>>,
+    pub session: Option<Arc<crate::session::Resolver>>,
 }
 
 impl Mirror {
+    /// Whether sessions are compared (a store is configured).
+    pub fn compares_sessions(&self) -> bool {
+        self.session.is_some()
+    }
+
     pub fn new(p: MirrorParts) -> Mirror {
         Mirror {
             dispatcher: Dispatcher::new(p.concurrency, p.queue),
@@ -77,6 +89,8 @@ impl Mirror {
             metrics: p.metrics,
             settings: ArcSwap::from_pointee(p.settings),
             sink: p.sink,
+            session: p.session,
+            races: races::SessionRaces::new(),
         }
     }
 
@@ -117,11 +131,16 @@ pub struct ShadowRequest {
     pub body: Bytes,
     /// The body's bytes in the mirror's budget, given back when the exchange ends.
     pub held: Option<budget::Held>,
-    /// The signed session snapshot, resolved before PHP saw the request.
-    pub session_header: Option<HeaderValue>,
+    /// The request's session id, by PHP's rules (its store may hold nothing under it).
+    pub session_id: Option<String>,
+    /// The session resolved before PHP saw the request: the signed header for the candidate,
+    /// the data, the stored bytes.
+    pub session: Option<crate::session::Resolved>,
     /// A promoted route verified the other way round: the candidate served the client (its
     /// answer is the "head"), and the legacy app is the mirror.
     pub reverse: bool,
+    /// Watches the session for other requests until the after-read.
+    pub ticket: Option<races::Ticket>,
 }
 
 impl ShadowRequest {
@@ -133,8 +152,10 @@ impl ShadowRequest {
             mut parts,
             body,
             held,
-            session_header,
+            session_id,
+            session,
             reverse,
+            ticket,
         } = self;
         // The URI has been in memory of its own since the proxy took the request.
         detach::headers(&mut parts.headers);
@@ -142,8 +163,10 @@ impl ShadowRequest {
             parts,
             body: Bytes::copy_from_slice(&body),
             held,
-            session_header,
+            session_id,
+            session,
             reverse,
+            ticket,
         }
     }
 }
@@ -162,17 +185,29 @@ pub enum CallError {
     Target(String),
 }
 
+/// The innermost cause of an error: the OS's word for what happened (a connector wraps it
+/// in "tcp connect error", hyper in "connection error").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+        return match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "refused".into(),
+            std::io::ErrorKind::ConnectionReset => "reset by peer".into(),
+            std::io::ErrorKind::TimedOut => "timed out".into(),
+            _ => io.to_string(),
+        };
+    }
+    cur.to_string()
+}
+
 impl From<UpstreamError> for CallError {
     fn from(e: UpstreamError) -> CallError {
         match e {
-            UpstreamError::Connect { source, .. } => CallError::Connect(
-                // "connect refused" rather than the OS's "Connection refused (os error 111)".
-                match source.to_string() {
-                    s if s.contains("refused") => "refused".into(),
-                    s => s,
-                },
-            ),
-            UpstreamError::Http(e) => CallError::Reset(e.to_string()),
+            UpstreamError::Connect { source, .. } => CallError::Connect(root_cause(&*source)),
+            UpstreamError::Http(e) => CallError::Reset(root_cause(&e)),
         }
     }
 }
@@ -243,8 +278,9 @@ async fn call_upstream(
     if target == Target::Candidate {
         req.headers_mut()
             .insert("x-cutover-shadow", HeaderValue::from_static("1"));
-        if let Some(h) = &request.session_header {
-            req.headers_mut().insert(cutover_session::HEADER, h.clone());
+        if let Some(s) = &request.session {
+            req.headers_mut()
+                .insert(cutover_session::HEADER, s.header.clone());
         }
     }
     let started = Instant::now();
@@ -304,10 +340,45 @@ impl LegacyGone {
     }
 }
 
-async fn legacy_capture(
+/// The legacy side of an exchange: the response as the client got it, and (in shadow mode with
+/// a session store) the session PHP left, read as soon as the response has ended.
+struct LegacySide {
+    captured: Captured,
+    elapsed: Duration,
+    /// None: no session comparison. Err: the store could not be read.
+    after: Option<Result<crate::diff::SessionAfter, effects::EffectsError>>,
+    /// Another request of the session arrived before the read: it cannot be trusted.
+    raced: bool,
+}
+
+async fn legacy_side(
+    mirror: &Mirror,
+    request: &ShadowRequest,
+    mut ticket: Option<races::Ticket>,
     head: oneshot::Receiver<LegacyHead>,
-) -> Result<(Captured, Duration), LegacyGone> {
+) -> Result<LegacySide, LegacyGone> {
     let head = head.await.map_err(|_| LegacyGone::Failed)?;
+    // A session id the response sets is watched from now: the client can use it only once
+    // it has this head.
+    if let Some(t) = ticket.as_mut() {
+        effects::watch_new_id(mirror, t, &head.headers);
+    }
+    let (captured, elapsed) = legacy_capture(head).await?;
+    let after = match effects::legacy_after(mirror, request, &captured.headers).await {
+        Ok(None) => None,
+        Ok(Some(a)) => Some(Ok(a)),
+        Err(e) => Some(Err(e)),
+    };
+    let raced = ticket.as_ref().is_some_and(races::Ticket::raced);
+    Ok(LegacySide {
+        captured,
+        elapsed,
+        after,
+        raced,
+    })
+}
+
+async fn legacy_capture(head: LegacyHead) -> Result<(Captured, Duration), LegacyGone> {
     let capture = tokio::time::timeout(LEGACY_CAPTURE_WAIT, head.capture)
         .await
         .map_err(|_| LegacyGone::Slow)?
@@ -356,9 +427,10 @@ fn log_exchange(
 async fn exchange(
     mirror: &Mirror,
     entry: &Arc<RouteEntry>,
-    request: ShadowRequest,
+    mut request: ShadowRequest,
     head: oneshot::Receiver<LegacyHead>,
 ) {
+    let ticket = request.ticket.take();
     let use_twin = mirror.twin.is_some()
         && crate::upstream::is_safe(&request.parts.method)
         && !request.reverse;
@@ -376,37 +448,51 @@ async fn exchange(
         // Boxed: only running exchanges need the calls' state; a queued one stays small.
         let (other_side, twin) = Box::pin(async {
             let twin_call = async {
-                if use_twin {
-                    Some(call_upstream(mirror, &settings, &request, Target::Twin).await)
-                } else {
-                    None
+                if !use_twin {
+                    return None;
                 }
+                // The twin runs on a copy of the session, never on the live store.
+                if let Err(e) = effects::copy_to_twin(mirror, &request).await {
+                    return Some(CallResult::Failed(CallError::Target(e.to_string())));
+                }
+                Some(call_upstream(mirror, &settings, &request, Target::Twin).await)
             };
             tokio::join!(call_upstream(mirror, &settings, &request, other), twin_call)
         })
         .await;
         Some((permit, other_side, twin))
     };
-    let (calls, served) = tokio::join!(calls, legacy_capture(head));
-    let Some((_running, other_side, twin)) = calls else {
+    let (calls, served) = tokio::join!(calls, legacy_side(mirror, &request, ticket, head));
+    let Some((running, other_side, twin)) = calls else {
         return;
     };
     let (candidate, legacy) = if request.reverse {
         // The client got the candidate's answer; the legacy app answered the mirror.
         let candidate = match served {
-            Ok((c, t)) => CallResult::Answered(c, t),
+            Ok(s) => CallResult::Answered(s.captured, s.elapsed),
             Err(why) => CallResult::Failed(CallError::Reset(why.as_str().to_string())),
         };
         let legacy = match other_side {
-            CallResult::Answered(l, t) => Ok((l, t)),
+            CallResult::Answered(l, t) => Ok(LegacySide {
+                captured: l,
+                elapsed: t,
+                after: None,
+                raced: false,
+            }),
             _ => Err(LegacyGone::MirrorFailed),
         };
         (candidate, legacy)
     } else {
         (other_side, served)
     };
+    drop(running);
     let parts = &request.parts;
-    let (legacy, legacy_time) = match legacy {
+    let LegacySide {
+        captured: legacy,
+        elapsed: legacy_time,
+        after: legacy_after,
+        raced,
+    } = match legacy {
         Ok(l) => l,
         Err(why) => {
             entry.stats.outcome(Outcome::Skipped, None, None);
@@ -468,9 +554,43 @@ async fn exchange(
         }
     };
     entry.stats.duration(Side::Candidate, candidate_time);
-    let twin = match twin {
+    // The candidate's declared session is what it would leave, not a header to compare.
+    let mut candidate = candidate;
+    let declared = candidate.headers.remove(cutover_session::WRITE_HEADER);
+    let mut twin = match twin {
         Some(CallResult::Answered(t, _)) => Some(t),
         _ => None,
+    };
+    if let Some(t) = &mut twin {
+        t.headers.remove(cutover_session::WRITE_HEADER);
+    }
+    let session_differences = match legacy_after {
+        None => Vec::new(),
+        // Another request of the session reached PHP before the read: what the read saw may
+        // be that request's doing, so this comparison says nothing.
+        Some(_) if raced => {
+            entry.stats.outcome(Outcome::Skipped, None, None);
+            log_exchange(
+                entry,
+                parts,
+                legacy_seen,
+                None,
+                "skipped",
+                Some("session_raced"),
+            );
+            return;
+        }
+        Some(Ok(after)) => {
+            effects::session_differences(&settings.rules, &after, &request, declared.as_ref())
+        }
+        Some(Err(e)) => {
+            let cause = e.to_string();
+            access::warn_limited(access::Warning::SessionStore, &entry.label, &cause);
+            entry.record_error(cause.clone(), crate::stats::now_secs());
+            entry.stats.outcome(Outcome::Skipped, None, None);
+            log_exchange(entry, parts, legacy_seen, None, "skipped", Some(&cause));
+            return;
+        }
     };
     let cap = settings.max_body_bytes;
     let large = legacy.body.len() + candidate.body.len() > INLINE_COMPARE_BYTES;
@@ -509,6 +629,8 @@ async fn exchange(
         entry.stats.outcome(Outcome::Skipped, None, None);
         return;
     };
+    let mut report = report;
+    report.differences.extend(session_differences);
     finish(
         mirror,
         entry,

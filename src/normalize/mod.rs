@@ -57,6 +57,24 @@ struct JsonRules {
     float_relative: Option<f64>,
     #[serde(default)]
     numbers_by_value: Option<bool>,
+    /// Numbers that are Unix times in seconds within a day of the response's `Date`.
+    #[serde(default)]
+    epoch_seconds: Option<bool>,
+    /// The same in milliseconds.
+    #[serde(default)]
+    epoch_millis: Option<bool>,
+    /// ISO 8601 date-times and HTTP dates inside strings.
+    #[serde(default)]
+    date_strings: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionRules {
+    #[serde(default)]
+    ignore: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    unordered: Vec<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -101,6 +119,8 @@ struct RulesFile {
     text: TextRules,
     #[serde(default)]
     html: HtmlRulesFile,
+    #[serde(default)]
+    session: SessionRules,
 }
 
 /// One parsed and checked rules file.
@@ -178,6 +198,8 @@ impl RuleSet {
         for (key, list) in [
             ("json.ignore", &file.json.ignore),
             ("json.unordered", &file.json.unordered),
+            ("session.ignore", &file.session.ignore),
+            ("session.unordered", &file.session.unordered),
         ] {
             for p in list {
                 let s = p.get_ref();
@@ -245,7 +267,86 @@ pub struct Rules {
     text_replaces: Vec<(Regex, Vec<u8>)>,
     fold_whitespace: bool,
     html: html::HtmlRules,
+    session_ignore: Vec<Vec<String>>,
+    session_unordered: Vec<Vec<String>>,
+    times: TimeFolding,
     pub sources: Vec<String>,
+}
+
+/// Which time-like JSON values are folded to a placeholder before comparing.
+#[derive(Debug, Clone, Copy, Default)]
+struct TimeFolding {
+    epoch_seconds: bool,
+    epoch_millis: bool,
+    date_strings: bool,
+}
+
+/// How far from the response's `Date` a number may be and still be taken as a timestamp.
+const EPOCH_WINDOW_SECS: f64 = 86_400.0;
+
+static ISO_DATETIME: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?\b",
+    )
+    .ok()
+});
+static HTTP_DATE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2}[ -](?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[ -]\d{4} \d{2}:\d{2}:\d{2}(?: GMT| [+-]\d{4})?",
+    )
+    .ok()
+});
+
+impl TimeFolding {
+    fn any(&self) -> bool {
+        self.epoch_seconds || self.epoch_millis || self.date_strings
+    }
+
+    /// Replaces time-like values under `v`: numbers within a day of `now` (seconds or
+    /// milliseconds) and dates inside strings.
+    fn fold(&self, v: &mut serde_json::Value, now: f64) {
+        use serde_json::Value;
+        match v {
+            Value::Number(n) => {
+                let Some(x) = n.as_f64() else { return };
+                if self.epoch_seconds && (x - now).abs() <= EPOCH_WINDOW_SECS {
+                    *v = Value::String("{epoch}".into());
+                } else if self.epoch_millis && (x / 1000.0 - now).abs() <= EPOCH_WINDOW_SECS {
+                    *v = Value::String("{epoch_ms}".into());
+                }
+            }
+            Value::String(s) if self.date_strings => {
+                let mut out = std::borrow::Cow::Borrowed(s.as_str());
+                for (re, with) in [(&*ISO_DATETIME, "{datetime}"), (&*HTTP_DATE, "{httpdate}")] {
+                    if let Some(re) = re {
+                        if let std::borrow::Cow::Owned(o) = re.replace_all(&out, with) {
+                            out = std::borrow::Cow::Owned(o);
+                        }
+                    }
+                }
+                if let std::borrow::Cow::Owned(o) = out {
+                    *s = o;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.fold(i, now)),
+            Value::Object(map) => map.values_mut().for_each(|i| self.fold(i, now)),
+            _ => {}
+        }
+    }
+}
+
+/// The moment a response describes: its `Date`, else now.
+fn response_time(headers: &http::HeaderMap) -> f64 {
+    headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::cookies::http_date_secs)
+        .map(|s| s as f64)
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        })
 }
 
 fn split_pointer(p: &str) -> Vec<String> {
@@ -280,6 +381,23 @@ impl Rules {
             if let Some(b) = f.json.numbers_by_value {
                 r.tolerance.by_value = b;
             }
+            if let Some(b) = f.json.epoch_seconds {
+                r.times.epoch_seconds = b;
+            }
+            if let Some(b) = f.json.epoch_millis {
+                r.times.epoch_millis = b;
+            }
+            if let Some(b) = f.json.date_strings {
+                r.times.date_strings = b;
+            }
+            r.session_ignore
+                .extend(f.session.ignore.iter().map(|p| split_pointer(p.get_ref())));
+            r.session_unordered.extend(
+                f.session
+                    .unordered
+                    .iter()
+                    .map(|p| split_pointer(p.get_ref())),
+            );
             r.text_replaces.extend(s.text_replaces.iter().cloned());
             if let Some(w) = f.text.fold_whitespace {
                 r.fold_whitespace = w;
@@ -313,8 +431,93 @@ impl Rules {
     }
 
     /// Whether a header takes part in the comparison (not transport, not ignored by a rule).
+    /// `Set-Cookie` takes part by cookie name and attributes (see [`Rules::diff_set_cookies`]),
+    /// not with the other headers.
     fn compares(&self, name: &str) -> bool {
-        !TRANSPORT_HEADERS.contains(&name) && !self.ignore_headers.contains(name)
+        !TRANSPORT_HEADERS.contains(&name)
+            && !self.ignore_headers.contains(name)
+            && name != "set-cookie"
+    }
+
+    /// `Set-Cookie` compared by cookie name and attributes (what the browser is asked to do,
+    /// its scope and flags), not by value: a cookie one side sets and the other does not, or
+    /// sets differently, is a difference at `header:set-cookie/<name>`.
+    fn diff_set_cookies(&self, legacy: &Captured, candidate: &Captured, out: &mut Vec<Difference>) {
+        if self.ignore_headers.contains("set-cookie") {
+            return;
+        }
+        let (l, c) = (
+            legacy.headers.get_all(http::header::SET_COOKIE),
+            candidate.headers.get_all(http::header::SET_COOKIE),
+        );
+        if l.iter().next().is_none() && c.iter().next().is_none() {
+            return;
+        }
+        let now = response_time(&legacy.headers) as u64;
+        let by_name = |h: &http::HeaderMap| {
+            let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for c in crate::cookies::set_cookies(h, now) {
+                m.entry(c.name.clone()).or_default().push(c.attributes());
+            }
+            m
+        };
+        let (lm, cm) = (by_name(&legacy.headers), by_name(&candidate.headers));
+        let names: BTreeSet<&String> = lm.keys().chain(cm.keys()).collect();
+        for name in names {
+            let (lv, cv) = (lm.get(name), cm.get(name));
+            if lv == cv {
+                continue;
+            }
+            let join = |v: Option<&Vec<String>>| v.map(|v| v.join(" | "));
+            out.push(Difference {
+                path: format!("header:set-cookie/{name}"),
+                kind: match (lv, cv) {
+                    (Some(_), None) => DiffKind::Missing,
+                    (None, Some(_)) => DiffKind::Extra,
+                    _ => DiffKind::Changed,
+                },
+                legacy: join(lv),
+                candidate: join(cv),
+            });
+        }
+    }
+
+    /// The sessions both sides left, compared under `[session]` `ignore` and `unordered`.
+    pub fn compare_sessions(
+        &self,
+        legacy: &diff::SessionAfter,
+        candidate: &diff::SessionAfter,
+    ) -> Vec<Difference> {
+        let normalized = |s: &diff::SessionAfter| match s {
+            diff::SessionAfter::Session { regenerated, data } => {
+                let mut data = data.clone();
+                for p in &self.session_ignore {
+                    remove_pointer(&mut data, p);
+                }
+                for p in &self.session_unordered {
+                    sort_arrays_at(&mut data, p);
+                }
+                // An empty session is no session: PHP reads both as an empty $_SESSION, and
+                // stores differ in whether `session_start()` alone leaves an empty one behind
+                // (files do, DynamoDB does not). Its cookie is compared apart.
+                if data.as_object().is_some_and(|m| m.is_empty()) {
+                    return diff::SessionAfter::None;
+                }
+                diff::SessionAfter::Session {
+                    regenerated: *regenerated,
+                    data,
+                }
+            }
+            diff::SessionAfter::None => diff::SessionAfter::None,
+        };
+        let mut out = Vec::new();
+        diff::diff_sessions(
+            &normalized(legacy),
+            &normalized(candidate),
+            &self.tolerance,
+            &mut out,
+        );
+        out
     }
 
     /// Whether the headers that take part in the comparison are the same values in the same
@@ -432,7 +635,12 @@ impl Rules {
     }
 
     /// JSON normalization: ignored pointers removed, unordered arrays sorted.
-    pub fn normalize_json(&self, v: &mut serde_json::Value) {
+    /// JSON normalization: time-like values folded (around `now`, unix seconds), ignored
+    /// pointers removed, unordered arrays sorted.
+    pub fn normalize_json(&self, v: &mut serde_json::Value, now: f64) {
+        if self.times.any() {
+            self.times.fold(v, now);
+        }
         for p in &self.json_ignore {
             remove_pointer(v, p);
         }
@@ -588,6 +796,7 @@ impl Comparator for Rules {
                 candidate: Some(candidate.status.to_string()),
             });
         }
+        self.diff_set_cookies(legacy, candidate, &mut differences);
         if !self.same_compared_headers(&legacy.headers, &candidate.headers) {
             diff::diff_headers(
                 &self.normalize_headers(&legacy.headers),
@@ -620,8 +829,9 @@ impl Comparator for Rules {
                     unified = diff::unified(ra.as_bytes(), rb.as_bytes());
                 }
             } else if let Some((mut a, mut b)) = parsed {
-                self.normalize_json(&mut a);
-                self.normalize_json(&mut b);
+                let now = response_time(&legacy.headers);
+                self.normalize_json(&mut a, now);
+                self.normalize_json(&mut b, now);
                 let before = differences.len();
                 diff::diff_json("body", &a, &b, &self.tolerance, &mut differences);
                 if differences.len() > before {
@@ -771,6 +981,109 @@ mod tests {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/examples/php-app.toml");
         RuleSet::load(&path).expect("rules/examples/php-app.toml parses");
+    }
+
+    #[test]
+    fn set_cookie_by_name_and_attributes_not_value() {
+        let r = Rules::compile(&[Arc::new(RuleSet::builtin().expect("builtin"))]);
+        let php = cap(
+            200,
+            &[
+                ("set-cookie", "PHPSESSID=abc; path=/; HttpOnly"),
+                ("set-cookie", "lang=en; path=/"),
+            ],
+            "",
+        );
+        // Another session id, the same cookies and attributes: equal.
+        let same = cap(
+            200,
+            &[
+                ("set-cookie", "lang=de; path=/"),
+                ("set-cookie", "PHPSESSID=xyz; path=/; HttpOnly"),
+            ],
+            "",
+        );
+        assert!(r.compare(&php, &same).is_match());
+        // A forgotten cookie, and one set without HttpOnly.
+        let forgot = cap(200, &[("set-cookie", "lang=en; path=/")], "");
+        let rep = r.compare(&php, &forgot);
+        assert_eq!(rep.differences.len(), 1, "{:?}", rep.differences);
+        assert_eq!(rep.differences[0].path, "header:set-cookie/PHPSESSID");
+        assert_eq!(rep.differences[0].kind, DiffKind::Missing);
+        let loose = cap(
+            200,
+            &[
+                ("set-cookie", "PHPSESSID=q; path=/"),
+                ("set-cookie", "lang=en; path=/"),
+            ],
+            "",
+        );
+        let rep = r.compare(&php, &loose);
+        assert_eq!(
+            (
+                rep.differences[0].legacy.as_deref(),
+                rep.differences[0].candidate.as_deref()
+            ),
+            (Some("set; Path=/; HttpOnly"), Some("set; Path=/"))
+        );
+        // Deleting is not setting.
+        let deleting = cap(
+            200,
+            &[
+                (
+                    "set-cookie",
+                    "PHPSESSID=deleted; expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0; path=/",
+                ),
+                ("set-cookie", "lang=en; path=/"),
+            ],
+            "",
+        );
+        assert!(!r.compare(&php, &deleting).is_match());
+        // A rule can still ignore it.
+        let ignoring = rules("[headers]\nignore = ['set-cookie']\n");
+        assert!(ignoring.compare(&php, &forgot).is_match());
+    }
+
+    #[test]
+    fn time_like_json_values_fold_near_the_responses_date() {
+        let builtin = Rules::compile(&[Arc::new(RuleSet::builtin().expect("builtin"))]);
+        let date = ("date", "Sat, 28 Nov 2026 12:00:00 GMT");
+        let h = [("content-type", "application/json"), date];
+        let t = 1_795_867_200u64; // that Date
+        let a = cap(
+            200,
+            &h,
+            &format!(
+                r#"{{"server_time":{},"ms":{},"at":"2026-11-28T12:00:01Z","mod":"Sat, 28 Nov 2026 12:00:01 GMT","born":1000000000}}"#,
+                t + 1,
+                (t + 1) * 1000
+            ),
+        );
+        let b = cap(
+            200,
+            &h,
+            &format!(
+                r#"{{"server_time":{},"ms":{},"at":"2026-11-28T12:00:03Z","mod":"Sat, 28 Nov 2026 12:00:03 GMT","born":1000000000}}"#,
+                t + 3,
+                (t + 3) * 1000 + 17
+            ),
+        );
+        let rep = builtin.compare(&a, &b);
+        assert!(rep.is_match(), "{:?}", rep.differences);
+        // Far from the Date, a number is a number.
+        let text = String::from_utf8(a.body.to_vec()).expect("utf8");
+        let c = cap(200, &h, &text.replace("1000000000", "1000000001"));
+        let rep = builtin.compare(&a, &c);
+        assert_eq!(rep.differences.len(), 1, "{:?}", rep.differences);
+        assert_eq!(rep.differences[0].path, "body/born");
+        // Each can be turned off by a later rules file.
+        let off = Rules::compile(&[
+            Arc::new(RuleSet::builtin().expect("builtin")),
+            Arc::new(RuleSet::parse("[json]\nepoch_seconds = false\n", "off.toml").expect("rules")),
+        ]);
+        let rep = off.compare(&a, &b);
+        assert_eq!(rep.differences.len(), 1, "{:?}", rep.differences);
+        assert_eq!(rep.differences[0].path, "body/server_time");
     }
 
     #[test]

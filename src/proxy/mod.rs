@@ -263,32 +263,73 @@ pub async fn handle(
     headers::strip_cutover_headers(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, &client);
     let mode = entry.mode();
-    if mode == Mode::Legacy {
+    if mode == Mode::Legacy && !app.mirror.compares_sessions() {
         let body = match buffered_body(&app, &parts, body).await {
             Ok(b) => b,
             Err(r) => return r,
         };
         return serve_plain(&app, &entry, mode, parts, body, started, Some("route_mode")).await;
     }
-    // Only the mirrored and promoted paths need the session cookie (sampling, the snapshot).
+    // The mirrored and promoted paths need the session cookie (sampling, the snapshot); with
+    // sessions compared every request of a session is counted while it runs (see
+    // `mirror::races`), whatever its route.
     let session = session_id_of(&parts.headers, &app.session_cookie);
+    let in_flight = match &session {
+        Some(id) if app.mirror.compares_sessions() => Some(app.mirror.races.enter(id)),
+        _ => None,
+    };
+    let response = dispatch(
+        &app,
+        &entry,
+        mode,
+        parts,
+        body,
+        session,
+        in_flight.as_ref(),
+        started,
+    )
+    .await;
+    match in_flight {
+        // Counted until the response has gone out.
+        Some(guard) => response.map(|b| body::boxed(body::Guarded::new(b, guard))),
+        None => response,
+    }
+}
+
+/// Serves a request by its route's mode.
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    app: &Arc<App>,
+    entry: &Arc<RouteEntry>,
+    mode: Mode,
+    parts: http::request::Parts,
+    body: Incoming,
+    session: Option<String>,
+    in_flight: Option<&crate::mirror::races::InFlight>,
+    started: Instant,
+) -> Response<ProxyBody> {
     match mode {
-        Mode::Legacy | Mode::Shadow => {
-            serve_shadow(&app, &entry, parts, body, session, started).await
+        Mode::Legacy => {
+            let body = match buffered_body(app, &parts, body).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            serve_plain(app, entry, mode, parts, body, started, Some("route_mode")).await
         }
+        Mode::Shadow => serve_shadow(app, entry, parts, body, session, in_flight, started).await,
         Mode::Candidate => {
             if entry.percent() >= 100
                 || sampled(f64::from(entry.percent()) / 100.0, session.as_deref())
             {
-                match resolve_session(&app, &parts, session.clone()).await {
+                match resolve_session(app, &parts, session.clone()).await {
                     // Boxed to keep every request's future small (see resolve_session).
-                    Ok(h) => {
+                    Ok(resolved) => {
                         Box::pin(serve_candidate(
-                            &app,
-                            &entry,
+                            app,
+                            entry,
                             parts,
                             body,
-                            h,
+                            resolved.map(|r| r.header),
                             session.as_deref(),
                             started,
                         ))
@@ -298,13 +339,13 @@ pub async fn handle(
                     Err(cause) => {
                         access::warn_limited(access::Warning::SessionStore, &entry.label, &cause);
                         entry.record_error(cause, crate::stats::now_secs());
-                        let body = match buffered_body(&app, &parts, body).await {
+                        let body = match buffered_body(app, &parts, body).await {
                             Ok(b) => b,
                             Err(r) => return r,
                         };
                         serve_plain(
-                            &app,
-                            &entry,
+                            app,
+                            entry,
                             mode,
                             parts,
                             body,
@@ -315,7 +356,7 @@ pub async fn handle(
                     }
                 }
             } else {
-                serve_shadow(&app, &entry, parts, body, session, started).await
+                serve_shadow(app, entry, parts, body, session, in_flight, started).await
             }
         }
     }
@@ -450,6 +491,7 @@ async fn serve_shadow(
     mut parts: http::request::Parts,
     body: Incoming,
     session: Option<String>,
+    in_flight: Option<&crate::mirror::races::InFlight>,
     started: Instant,
 ) -> Response<ProxyBody> {
     let mode = Mode::Shadow;
@@ -516,7 +558,7 @@ async fn serve_shadow(
             .await;
         }
     };
-    let session_header = match resolve_session(app, &parts, session).await {
+    let resolved = match resolve_session(app, &parts, session.clone()).await {
         Ok(h) => h,
         Err(cause) => {
             // The store failed: serve as if cutover were not there, and skip the comparison.
@@ -561,7 +603,14 @@ async fn serve_shadow(
             parts: parts.clone(),
             body: bytes.clone(),
             held: Some(held),
-            session_header,
+            // A request without a session may get one from PHP: watched from its response.
+            ticket: in_flight.map(|f| f.ticket()).or_else(|| {
+                app.mirror
+                    .compares_sessions()
+                    .then(|| app.mirror.races.ticket())
+            }),
+            session_id: session,
+            session: resolved,
             reverse: false,
         },
         head_rx,
@@ -586,13 +635,13 @@ async fn serve_shadow(
     }
 }
 
-/// The session snapshot header for this request: Ok(None) without a session, Err(cause) when
-/// the store failed (the caller then serves without the candidate's comparison).
+/// The session of this request, resolved before PHP sees it: Ok(None) without a session,
+/// Err(cause) when the store failed (the caller then serves without the comparison).
 async fn resolve_session(
     app: &App,
     parts: &http::request::Parts,
     id: Option<String>,
-) -> Result<Option<HeaderValue>, String> {
+) -> Result<Option<crate::session::Resolved>, String> {
     let Some(resolver) = &app.session else {
         return Ok(None);
     };
@@ -605,7 +654,7 @@ async fn resolve_session(
     // request's future would otherwise carry and move that size, with or without a store.
     match Box::pin(resolver.resolve(id, format!("{} {pq}", parts.method))).await {
         crate::session::Resolution::None => Ok(None),
-        crate::session::Resolution::Found(r) => Ok(Some(r.header)),
+        crate::session::Resolution::Found(r) => Ok(Some(r)),
         crate::session::Resolution::Failed(cause) => Err(cause),
     }
 }
@@ -679,8 +728,10 @@ async fn serve_candidate(
                 parts: parts.clone(),
                 body: Bytes::new(),
                 held: None,
-                session_header: None,
+                session_id: None,
+                session: None,
                 reverse: true,
+                ticket: None,
             },
             rx,
         );
@@ -695,7 +746,9 @@ async fn serve_candidate(
     match result {
         Ok(Ok(resp)) => {
             entry.stats.duration(Side::Candidate, elapsed);
-            let (parts_out, body) = upstream_response(resp);
+            let (mut parts_out, body) = upstream_response(resp);
+            // A declaration meant for shadow mode never reaches a client.
+            parts_out.headers.remove(cutover_session::WRITE_HEADER);
             let status = parts_out.status.as_u16();
             entry.stats.request(mode, status, head_tx.is_some());
             entry.stats.promoted_answer(status);

@@ -28,6 +28,10 @@ pub struct Resolved {
     pub id: String,
     /// The header to send to the candidate.
     pub header: HeaderValue,
+    /// The stored bytes (what a twin's copy of the store gets).
+    pub raw: Vec<u8>,
+    /// The session in its JSON form (`{}` when PHP could not decode it either).
+    pub data: serde_json::Value,
 }
 
 /// What the resolution gave.
@@ -50,6 +54,10 @@ struct Outcomes {
 
 pub struct Resolver {
     stores: Stores,
+    /// The twin's own copy of the store (`[session.twin]`), when there is a twin.
+    twin: Option<Stores>,
+    /// How long the read after PHP's response waits for PHP's lock.
+    after_wait: Duration,
     keys: Keyring,
     cookie: String,
     serializer: Serializer,
@@ -85,6 +93,7 @@ impl Resolver {
             return Err(SetupError::EmptySecret(cfg.secret_env.clone()));
         }
         let stores = Stores::open(cfg, timeout).await?;
+        let twin = cfg.twin.as_ref().map(|t| stores.twin(t));
         // Connects the client now rather than on the first request; a store that is down (or
         // never answers) is reported, not fatal: the proxy must serve while it is down.
         let wait = timeout.max(Duration::from_secs(1));
@@ -100,6 +109,8 @@ impl Resolver {
         let name = stores.name();
         let c = |o: &str| metrics.session_resolutions.with_label_values(&[name, o]);
         Ok(Some(Resolver {
+            twin,
+            after_wait: Duration::from_millis(cfg.after_read_wait_ms),
             keys: Keyring::single(secret.into_bytes()),
             cookie: cfg.cookie.clone(),
             serializer: cfg.serializer.serializer(),
@@ -172,23 +183,33 @@ impl Resolver {
         };
         let keys = self.keys.clone();
         let signed = if snapshot.raw.len() <= INLINE_DECODE_BYTES {
-            sign(&snapshot, &keys)
+            sign(snapshot, &keys)
         } else {
             // Off the IO thread: decoding is linear, but a 1 MB session still takes
             // milliseconds, and every client of this worker would wait for them.
-            match tokio::task::spawn_blocking(move || sign(&snapshot, &keys)).await {
+            match tokio::task::spawn_blocking(move || sign(snapshot, &keys)).await {
                 Ok(s) => s,
                 Err(_) => Signed::TooLarge,
             }
         };
         match signed {
-            Signed::Header { header, decoded } => {
+            Signed::Header {
+                header,
+                decoded,
+                raw,
+                data,
+            } => {
                 if decoded {
                     self.outcomes.found.inc();
                 } else {
                     self.outcomes.undecodable.inc();
                 }
-                Resolution::Found(Resolved { id, header })
+                Resolution::Found(Resolved {
+                    id,
+                    header,
+                    raw,
+                    data,
+                })
             }
             Signed::TooLarge => {
                 self.outcomes.undecodable.inc();
@@ -202,30 +223,84 @@ impl Resolver {
 
 /// What signing a snapshot gave.
 enum Signed {
-    Header { header: HeaderValue, decoded: bool },
+    Header {
+        header: HeaderValue,
+        decoded: bool,
+        raw: Vec<u8>,
+        data: serde_json::Value,
+    },
     TooLarge,
 }
 
-/// Decodes the snapshot's session and signs the header. A session PHP could not decode goes
-/// out as `"data": {}` (PHP starts such a session empty) with its raw bytes.
-fn sign(snapshot: &Snapshot, keys: &Keyring) -> Signed {
-    let decoded = php::decode_session(&snapshot.raw, snapshot.serializer, php::DEFAULT_MAX_BYTES)
-        .and_then(|s| s.to_json());
-    let (data, ok) = match decoded {
+/// The JSON form of a stored session: `{}` when PHP could not decode it either (PHP starts
+/// such a session empty). The bool says whether it decoded.
+fn session_json(raw: &[u8], serializer: Serializer) -> (serde_json::Value, bool) {
+    match php::decode_session(raw, serializer, php::DEFAULT_MAX_BYTES).and_then(|s| s.to_json()) {
         Ok(d) => (d, true),
         Err(e) => {
             tracing::debug!(error = %e, "session does not decode");
             (serde_json::Value::Object(serde_json::Map::new()), false)
         }
-    };
-    match header::sign_decoded(snapshot, data, keys) {
+    }
+}
+
+/// Decodes the snapshot's session and signs the header. A session PHP could not decode goes
+/// out as `"data": {}` with its raw bytes.
+fn sign(snapshot: Snapshot, keys: &Keyring) -> Signed {
+    let (data, ok) = session_json(&snapshot.raw, snapshot.serializer);
+    match header::sign_decoded(&snapshot, data.clone(), keys) {
         Ok(h) if h.len() <= MAX_HEADER_BYTES => match HeaderValue::from_str(&h) {
             Ok(header) => Signed::Header {
                 header,
                 decoded: ok,
+                raw: snapshot.raw,
+                data,
             },
             Err(_) => Signed::TooLarge,
         },
         _ => Signed::TooLarge,
     }
 }
+
+/// Why the session PHP left could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("session after the request: {0}")]
+pub struct AfterError(#[from] cutover_session::store::StoreError);
+
+impl Resolver {
+    /// The session PHP left under `id` once its request is over: waits for PHP's lock (see
+    /// [`Stores::load_after`]), then decodes. None: there is none (never written, destroyed,
+    /// expired).
+    pub async fn after(&self, id: &str) -> Result<Option<serde_json::Value>, AfterError> {
+        let raw = match self.stores.load_after(id, self.after_wait).await? {
+            Lookup::Found(raw) => raw,
+            Lookup::Absent | Lookup::Expired => return Ok(None),
+        };
+        let serializer = self.serializer;
+        let data = if raw.len() <= INLINE_DECODE_BYTES {
+            session_json(&raw, serializer).0
+        } else {
+            tokio::task::spawn_blocking(move || session_json(&raw, serializer).0)
+                .await
+                .unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new()))
+        };
+        Ok(Some(data))
+    }
+
+    /// Whether a twin runs on a copy of the store.
+    pub fn has_twin_store(&self) -> bool {
+        self.twin.is_some()
+    }
+
+    /// Writes the pre-request session into the twin's own store under the same id, so the twin
+    /// sees the same user and whatever it writes stays in its copy.
+    pub async fn copy_to_twin(&self, id: &str, raw: &[u8]) -> Result<(), AfterError> {
+        match &self.twin {
+            Some(t) => Ok(t.save(id, raw, TWIN_COPY_LIFETIME).await?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How long a twin's copy of a session lives (PHP's default `session.gc_maxlifetime`).
+const TWIN_COPY_LIFETIME: Duration = Duration::from_secs(1440);

@@ -83,6 +83,48 @@ impl Stores {
         }
     }
 
+    /// Reads a session once PHP's request is over: files wait (at most `wait`) for PHP's
+    /// exclusive lock, which PHP holds from `session_start()` until its write at the end of the
+    /// request; redis and dynamodb wait while PHP's lock key or `lock` attribute is there (with
+    /// PHP's session locking on; without it the read comes after the response has ended).
+    pub async fn load_after(&self, id: &str, wait: Duration) -> Result<Lookup, StoreError> {
+        match self {
+            Stores::Files(s) => {
+                let s = s.clone();
+                let id = id.to_string();
+                blocking(move || s.load_waiting(&id, wait)).await
+            }
+            Stores::Dynamo(s) => s.load_after_lock(id, wait).await,
+            Stores::Redis(s) => s.load_after_lock(id, wait).await,
+        }
+    }
+
+    /// The twin's copy of this store: the same kind, at `[session.twin]`'s path, prefix or
+    /// table (what it does not name stays as it is here).
+    pub fn twin(&self, t: &crate::config::SessionTwin) -> Stores {
+        match self {
+            Stores::Files(s) => {
+                let mut twin = s.clone();
+                if let Some(p) = t
+                    .path
+                    .as_ref()
+                    .and_then(|p| cutover_session::files::SavePath::parse(p).ok())
+                {
+                    twin.save_path = p;
+                }
+                Stores::Files(twin)
+            }
+            Stores::Redis(s) => Stores::Redis(match &t.prefix {
+                Some(p) => s.with_prefix(p),
+                None => s.clone(),
+            }),
+            Stores::Dynamo(s) => Stores::Dynamo(match &t.table {
+                Some(table) => s.with_table(table),
+                None => s.clone(),
+            }),
+        }
+    }
+
     /// Writes a session as PHP's handler does; `lifetime` is PHP's `session.gc_maxlifetime`.
     pub async fn save(&self, id: &str, data: &[u8], lifetime: Duration) -> Result<(), StoreError> {
         match self {

@@ -93,11 +93,28 @@ fn draw_header(f: &mut Frame, s: &State, area: Rect) {
     f.render_widget(Paragraph::new(vec![Line::from(first), second]), area);
 }
 
+/// A duration in the largest unit that keeps it short (`45s`, `12m`, `3h`, `2d`).
+pub fn short_duration(secs: u64) -> String {
+    match secs {
+        0..=99 => format!("{secs}s"),
+        100..=5999 => format!("{}m", secs.div_ceil(60)),
+        6000..=172_799 => format!("{}h", secs.div_ceil(3600)),
+        _ => format!("{}d", secs.div_ceil(86_400)),
+    }
+}
+
 fn gate_text(r: &RouteView) -> String {
     if r.gate.passing {
         "PASS".into()
     } else {
-        format!("CLOSED {}", r.gate.reason)
+        match r.gate.eta_secs {
+            Some(eta) => format!(
+                "CLOSED (opens in ~{}) {}",
+                short_duration(eta),
+                r.gate.reason
+            ),
+            None => format!("CLOSED {}", r.gate.reason),
+        }
     }
 }
 
@@ -126,6 +143,11 @@ fn draw_routes(f: &mut Frame, s: &State, area: Rect) {
                 }),
                 Cell::from(r.samples.to_string()),
                 Cell::from(pct(r.mismatch_rate)),
+                Cell::from(r.errors.to_string()).style(if r.errors > 0 {
+                    Style::default().fg(Color::Yellow)
+                } else {
+                    Style::default()
+                }),
                 Cell::from(pct(r.mismatch_upper_bound)),
                 Cell::from(gate_text(r)).style(gate_style),
             ];
@@ -150,14 +172,17 @@ fn draw_routes(f: &mut Frame, s: &State, area: Rect) {
             }
         })
         .collect();
-    let mut header = vec!["  route", "mode", "samples", "mismatch", "bound", "gate"];
+    let mut header = vec![
+        "  route", "mode", "samples", "mismatch", "err", "bound", "gate",
+    ];
     let mut widths = vec![
-        Constraint::Min(18),
+        Constraint::Min(21),
         Constraint::Length(9),
+        Constraint::Length(7),
         Constraint::Length(8),
-        Constraint::Length(9),
-        Constraint::Length(8),
-        Constraint::Min(14),
+        Constraint::Length(4),
+        Constraint::Length(7),
+        Constraint::Min(10),
     ];
     if wide {
         header.extend(["legacy p50/p99", "cand p50/p99", "mismatch trend"]);
@@ -212,6 +237,19 @@ fn draw_route(f: &mut Frame, s: &State, route: &str, area: Rect) {
                 },
             ),
         ]));
+        if let Some(cause) = &r.last_error {
+            let ago = r
+                .last_error_at
+                .map(|at| crate::stats::now_secs().saturating_sub(at))
+                .map_or(String::new(), |a| format!(" ({} ago)", short_duration(a)));
+            lines.push(Line::from(Span::styled(
+                format!(
+                    "{} candidate errors in the window; last error: {cause}{ago}",
+                    r.errors
+                ),
+                Style::default().fg(Color::Yellow),
+            )));
+        }
         if !r.noise.is_empty() {
             lines.push(Line::from(Span::styled(
                 "noise learned from the twin (suggested rules):",
@@ -355,6 +393,7 @@ mod tests {
                 } else {
                     "upper bound 31.00% > 5.00%".into()
                 },
+                eta_secs: None,
             },
             legacy_p50_ms: Some(1.2),
             legacy_p99_ms: Some(8.0),

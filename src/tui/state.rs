@@ -365,6 +365,7 @@ mod tests {
                 } else {
                     "upper bound 9.00% > 5.00%".into()
                 },
+                eta_secs: None,
             },
             ..Default::default()
         }

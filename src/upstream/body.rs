@@ -256,3 +256,49 @@ impl Body for FileBody {
         SizeHint::with_exact(self.remaining)
     }
 }
+
+/// A body that holds `guard` until it ends (or is dropped): something that must last as long
+/// as the response is on its way out.
+pub struct Guarded<B, G> {
+    inner: B,
+    guard: Option<G>,
+}
+
+impl<B, G> Guarded<B, G> {
+    pub fn new(inner: B, guard: G) -> Guarded<B, G> {
+        Guarded {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> Body for Guarded<B, G>
+where
+    B: Body<Data = Bytes> + Unpin,
+    G: Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -561,3 +561,49 @@ pub fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// PHP's redis extension (phpredis) is loaded, or the test fails saying how to install it.
+pub fn php_has_redis() {
+    let out = std::process::Command::new(require_tool("php", "apt-get install php-cli"))
+        .arg("-m")
+        .output()
+        .expect("php -m");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "redis"),
+        "PHP's redis extension is missing: apt-get install php-redis"
+    );
+}
+
+/// The `sessions` table aws-sdk-php's SessionHandler uses (hash key `id`), created on a local
+/// DynamoDB-compatible server.
+pub async fn create_sessions_table(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let sdk = cutover::aws::sdk_config(Some("us-east-1"), Some(endpoint)).await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    client
+        .create_table()
+        .table_name("sessions")
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attr"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
+    client
+}
