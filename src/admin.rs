@@ -299,8 +299,12 @@ fn counter_sum(app: &App, name: &str, filter: impl Fn(&prometheus::proto::Metric
 }
 
 /// `GET /api/routes`: every configured route, and the automatic labels that saw traffic.
+/// How far back the rate of clean samples behind `gate.eta_secs` looks.
+const ETA_SPAN_SECS: u64 = 300;
+
 pub fn routes_view(app: &App) -> RoutesView {
     let t = app.thresholds();
+    let uptime = app.started.elapsed().as_secs_f64();
     let noise_t = app.config().noise.thresholds();
     let mut routes = Vec::new();
     for e in app.routes.all() {
@@ -311,6 +315,8 @@ pub fn routes_view(app: &App) -> RoutesView {
         }
         let v = gate::verdict(c.evidence(), &t);
         let last_error = e.last_error();
+        let clean_per_sec = e.stats.clean_rate((ETA_SPAN_SECS as f64).min(uptime));
+        let eta_secs = gate::eta_secs(&v, clean_per_sec);
         routes.push(RouteView {
             route: e.label.clone(),
             mode: e.mode().as_str().into(),
@@ -327,7 +333,7 @@ pub fn routes_view(app: &App) -> RoutesView {
             gate: GateView {
                 passing: v.passing,
                 reason: v.reason,
-                eta_secs: if v.passing { Some(0) } else { None },
+                eta_secs,
             },
             legacy_p50_ms: Counts::quantile_ms(&c.legacy_lat, 0.5),
             legacy_p99_ms: Counts::quantile_ms(&c.legacy_lat, 0.99),
@@ -339,6 +345,7 @@ pub fn routes_view(app: &App) -> RoutesView {
             mirrorable: e.mirrorable(),
             last_error: last_error.as_ref().map(|(_, c)| c.clone()),
             last_error_at: last_error.map(|(at, _)| at),
+            clean_per_sec,
         });
     }
     let requests = routes.iter().map(|r| r.requests).sum();

@@ -70,6 +70,10 @@ pub struct RouteView {
     /// When it happened (unix seconds).
     #[serde(default)]
     pub last_error_at: Option<u64>,
+    /// Clean samples (matches) per second over the last few minutes: what `gate.eta_secs`
+    /// is computed from (a fleet's rates add up).
+    #[serde(default)]
+    pub clean_per_sec: Option<f64>,
 }
 
 /// A route's gate verdict.

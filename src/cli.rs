@@ -47,6 +47,10 @@ pub enum Command {
         /// The config file to check.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Also reach every upstream, the session store (and the twin's copy) and the state
+        /// store, a line each; exit 1 when one fails.
+        #[arg(long)]
+        probe: bool,
     },
     /// The dashboard, reading one or more running proxies (several are summed: one fleet).
     Tui {
@@ -264,15 +268,19 @@ async fn gate_cmd(admins: Vec<String>, routes: Vec<String>, json: bool) -> u8 {
         }
         v
     };
-    let verdicts: Vec<(String, crate::gate::Verdict)> = chosen
+    let verdicts: Vec<(String, crate::gate::Verdict, Option<u64>)> = chosen
         .iter()
-        .map(|r| (r.route.clone(), crate::client::judge(r, &t)))
+        .map(|r| {
+            let v = crate::client::judge(r, &t);
+            let eta = crate::gate::eta_secs(&v, r.clean_per_sec);
+            (r.route.clone(), v, eta)
+        })
         .collect();
-    let all_pass = verdicts.iter().all(|(_, v)| v.passing);
+    let all_pass = verdicts.iter().all(|(_, v, _)| v.passing);
     if json {
         let rows: Vec<serde_json::Value> = verdicts
             .iter()
-            .map(|(r, v)| serde_json::json!({ "route": r, "passing": v.passing, "reason": v.reason, "mismatch_rate": v.rate, "mismatch_upper_bound": v.upper_bound, "more_clean_samples": v.more_clean_samples }))
+            .map(|(r, v, eta)| serde_json::json!({ "route": r, "passing": v.passing, "reason": v.reason, "mismatch_rate": v.rate, "mismatch_upper_bound": v.upper_bound, "more_clean_samples": v.more_clean_samples, "eta_secs": eta }))
             .collect();
         println!(
             "{}",
@@ -282,9 +290,15 @@ async fn gate_cmd(admins: Vec<String>, routes: Vec<String>, json: bool) -> u8 {
             .unwrap_or_default()
         );
     } else {
-        for (r, v) in &verdicts {
+        for (r, v, eta) in &verdicts {
+            let eta = match eta {
+                Some(s) if !v.passing => {
+                    format!(" (opens in ~{})", crate::tui::draw::short_duration(*s))
+                }
+                _ => String::new(),
+            };
             println!(
-                "{:<40} {:<8} {}",
+                "{:<40} {:<8} {}{eta}",
                 r,
                 if v.passing { "PASS" } else { "CLOSED" },
                 v.reason
@@ -648,10 +662,23 @@ pub fn run(cli: Cli) -> u8 {
         Command::Session {
             command: SessionCommand::Decode { serializer, file },
         } => session_decode(&serializer, file.as_deref()),
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config, probe } => match Config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} routes)", config.display(), c.routes.len());
-                EXIT_OK
+                if !probe {
+                    return EXIT_OK;
+                }
+                with_runtime(async move {
+                    let findings = crate::probe::probe(&c).await;
+                    for f in &findings {
+                        println!("{f}");
+                    }
+                    if findings.iter().all(crate::probe::Finding::ok) {
+                        EXIT_OK
+                    } else {
+                        EXIT_CHECK_FAILED
+                    }
+                })
             }
             Err(e) => {
                 eprintln!("cutover: invalid configuration: {e}");

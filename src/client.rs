@@ -171,6 +171,10 @@ pub fn fleet(views: &[RoutesView]) -> (Vec<RouteView>, Thresholds) {
                     acc.errors += r.errors;
                     acc.skipped += r.skipped;
                     acc.mirrorable |= r.mirrorable;
+                    acc.clean_per_sec = match (acc.clean_per_sec, r.clean_per_sec) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    };
                     if r.last_error_at > acc.last_error_at {
                         acc.last_error = r.last_error.clone();
                         acc.last_error_at = r.last_error_at;
@@ -205,9 +209,9 @@ pub fn fleet(views: &[RoutesView]) -> (Vec<RouteView>, Thresholds) {
             r.mismatch_rate = v.rate;
             r.mismatch_upper_bound = v.upper_bound;
             r.gate = GateView {
+                eta_secs: gate::eta_secs(&v, r.clean_per_sec),
                 passing: v.passing,
                 reason: v.reason,
-                eta_secs: r.gate.eta_secs,
             };
         }
         out.push(r);

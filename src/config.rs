@@ -594,6 +594,17 @@ pub struct State {
     pub region: Option<String>,
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// How often this proxy saves its route windows beside the state (and at shutdown), so a
+    /// restart resumes them.
+    #[serde(default = "default_save_windows")]
+    pub save_windows_secs: u64,
+    /// This proxy's name in the saved windows (default: host name and proxy port).
+    #[serde(default)]
+    pub proxy_id: Option<String>,
+}
+
+fn default_save_windows() -> u64 {
+    60
 }
 
 fn default_state_path() -> String {
@@ -718,6 +729,21 @@ impl Config {
         } else {
             self.base_dir.join(path)
         }
+    }
+
+    /// This proxy's name among a fleet's saved windows: `state.proxy_id`, else the host name and
+    /// the proxy port (distinct for proxies sharing one state file on a machine).
+    pub fn proxy_id(&self) -> String {
+        if let Some(id) = self.state.as_ref().and_then(|s| s.proxy_id.clone()) {
+            return id;
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", self.listen.proxy.0.port())
     }
 
     /// Proxy worker threads: `listen.workers`, or one per core when 0.

@@ -404,3 +404,59 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     restart
 }
+
+/// Saves every route's window beside the state (a no-op without `[state]`).
+pub async fn save_windows(app: &App) -> Result<usize, crate::fleet::StoreError> {
+    let Some(fleet) = &app.fleet else {
+        return Ok(0);
+    };
+    let mut saved = crate::fleet::SavedWindows {
+        proxy: app.config().proxy_id(),
+        saved_at: crate::stats::now_secs(),
+        routes: Default::default(),
+    };
+    for e in app.routes.all() {
+        let w = e.stats.saved_window();
+        if !w.slots.is_empty() {
+            saved.routes.insert(e.label.clone(), w);
+        }
+    }
+    let n = saved.routes.len();
+    fleet.store.save_windows(&saved).await?;
+    Ok(n)
+}
+
+/// Resumes the windows an earlier run of this proxy saved (slots that have left the window
+/// since are dropped). Returns the routes resumed.
+pub async fn restore_windows(app: &App) -> Result<usize, crate::fleet::StoreError> {
+    let Some(fleet) = &app.fleet else {
+        return Ok(0);
+    };
+    let saved = fleet.store.load_windows(&app.config().proxy_id()).await?;
+    let mut n = 0;
+    for (label, window) in &saved.routes {
+        if let Some(e) = app.routes.entry_for_label(label) {
+            e.stats.restore_window(window);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Saves the windows every `every` until `stop` changes.
+pub async fn save_windows_loop(
+    app: Arc<App>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {
+                if let Err(e) = save_windows(&app).await {
+                    tracing::warn!(error = %e, "route windows not saved");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}

@@ -360,3 +360,227 @@ impl Fleet {
         self.versions().values().sum()
     }
 }
+
+/// A proxy's route windows as saved beside the state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedWindows {
+    pub proxy: String,
+    pub saved_at: u64,
+    pub routes: BTreeMap<String, crate::stats::SavedWindow>,
+}
+
+/// Where a proxy's windows are saved: next to the state file, or in the `<table>_windows`
+/// DynamoDB table (hash key `proxy`, range key `route`).
+impl Store {
+    fn windows_file(path: &std::path::Path, proxy: &str) -> PathBuf {
+        let safe: String = proxy
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".windows.{safe}.json"));
+        PathBuf::from(s)
+    }
+
+    fn windows_table(table: &str) -> String {
+        format!("{table}_windows")
+    }
+
+    async fn ensure_windows_table(
+        client: &aws_sdk_dynamodb::Client,
+        table: &str,
+    ) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        if client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let fail = |why: String| StoreError::Dynamo {
+            table: table.to_string(),
+            why,
+        };
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| fail(e.to_string()))
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| fail(e.to_string()))
+        };
+        let created = client
+            .create_table()
+            .table_name(table)
+            .attribute_definitions(attr("proxy")?)
+            .attribute_definitions(attr("route")?)
+            .key_schema(key("proxy", KeyType::Hash)?)
+            .key_schema(key("route", KeyType::Range)?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if format!("{e:?}").contains("ResourceInUse") => Ok(()),
+            Err(e) => Err(fail(format!(
+                "creating it: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            ))),
+        }
+    }
+
+    /// Saves a proxy's windows (replacing what it saved before).
+    pub async fn save_windows(&self, w: &SavedWindows) -> Result<(), StoreError> {
+        match self {
+            Store::File(path) => {
+                let file = Store::windows_file(path, &w.proxy);
+                let bytes = serde_json::to_vec(w).map_err(|e| file_err(&file, e))?;
+                tokio::task::spawn_blocking(move || {
+                    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+                    std::fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
+                    std::fs::rename(&tmp, &file).map_err(|e| file_err(&file, e))
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+            Store::Dynamo { client, table } => {
+                let table = Store::windows_table(table);
+                Store::ensure_windows_table(client, &table).await?;
+                for (route, window) in &w.routes {
+                    let json = serde_json::to_string(window).map_err(|e| StoreError::Dynamo {
+                        table: table.clone(),
+                        why: e.to_string(),
+                    })?;
+                    client
+                        .put_item()
+                        .table_name(&table)
+                        .item("proxy", AttributeValue::S(w.proxy.clone()))
+                        .item("route", AttributeValue::S(route.clone()))
+                        .item("window", AttributeValue::S(json))
+                        .item("saved_at", AttributeValue::N(w.saved_at.to_string()))
+                        .send()
+                        .await
+                        .map_err(|e| StoreError::Dynamo {
+                            table: table.clone(),
+                            why: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                        })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// What a proxy saved (empty when it never did).
+    pub async fn load_windows(&self, proxy: &str) -> Result<SavedWindows, StoreError> {
+        match self {
+            Store::File(path) => {
+                let file = Store::windows_file(path, proxy);
+                tokio::task::spawn_blocking(move || match std::fs::read(&file) {
+                    Ok(b) => serde_json::from_slice(&b).map_err(|e| file_err(&file, e)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        Ok(SavedWindows::default())
+                    }
+                    Err(e) => Err(file_err(&file, e)),
+                })
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+            }
+            Store::Dynamo { client, table } => {
+                let table = Store::windows_table(table);
+                let fail = |why: String| StoreError::Dynamo {
+                    table: table.clone(),
+                    why,
+                };
+                if client
+                    .describe_table()
+                    .table_name(&table)
+                    .send()
+                    .await
+                    .is_err()
+                {
+                    return Ok(SavedWindows::default());
+                }
+                let mut out = SavedWindows {
+                    proxy: proxy.to_string(),
+                    ..SavedWindows::default()
+                };
+                let mut start = None;
+                loop {
+                    let page = client
+                        .query()
+                        .table_name(&table)
+                        .key_condition_expression("#p = :p")
+                        .expression_attribute_names("#p", "proxy")
+                        .expression_attribute_values(":p", AttributeValue::S(proxy.into()))
+                        .consistent_read(true)
+                        .set_exclusive_start_key(start.take())
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            fail(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+                        })?;
+                    for item in page.items() {
+                        let (Some(AttributeValue::S(route)), Some(AttributeValue::S(json))) =
+                            (item.get("route"), item.get("window"))
+                        else {
+                            continue;
+                        };
+                        if let Ok(w) = serde_json::from_str(json) {
+                            out.routes.insert(route.clone(), w);
+                        }
+                    }
+                    match page.last_evaluated_key() {
+                        Some(k) if !k.is_empty() => start = Some(k.clone()),
+                        _ => break,
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Whether the store can be used: the file's folder is there and writable; the DynamoDB
+    /// table exists.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            Store::File(path) => {
+                let dir = path
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                let meta = std::fs::metadata(&dir).map_err(|e| file_err(&dir, e))?;
+                if meta.permissions().readonly() {
+                    return Err(file_err(&dir, "read-only folder"));
+                }
+                read_file(path).map(|_| ())
+            }
+            Store::Dynamo { client, table } => client
+                .describe_table()
+                .table_name(table)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::Dynamo {
+                    table: table.clone(),
+                    why: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+                }),
+        }
+    }
+}

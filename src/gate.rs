@@ -152,6 +152,19 @@ fn clean_samples_needed(e: Evidence, t: &Thresholds) -> u64 {
     hi
 }
 
+/// Seconds until a closed gate would open at `clean_per_sec` clean samples a second: None when
+/// unknown (no recent clean samples) or when no number of clean samples can open it.
+pub fn eta_secs(v: &Verdict, clean_per_sec: Option<f64>) -> Option<u64> {
+    if v.passing {
+        return Some(0);
+    }
+    if v.more_clean_samples >= u64::MAX / 4 {
+        return None;
+    }
+    let rate = clean_per_sec.filter(|r| *r > 0.0 && r.is_finite())?;
+    Some((v.more_clean_samples as f64 / rate).ceil() as u64)
+}
+
 /// The verdict for one route.
 pub fn verdict(e: Evidence, t: &Thresholds) -> Verdict {
     let rate = if e.samples == 0 {

@@ -43,6 +43,7 @@ pub mod mirror;
 pub mod mode;
 pub mod noise;
 pub mod normalize;
+pub mod probe;
 pub mod proxy;
 pub mod route;
 pub mod runtime;

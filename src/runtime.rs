@@ -38,11 +38,17 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (up to 30 s), then returns.
+    /// Stops accepting, lets in-flight requests finish (up to 30 s), saves the route windows
+    /// (with `[state]`), then returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        match crate::control::save_windows(&self.app).await {
+            Ok(n) if n > 0 => info!(routes = n, "route windows saved"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "route windows not saved at shutdown"),
         }
     }
 
@@ -115,9 +121,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(bind_err("listen.admin", admin_at))?;
-    // Pick up the fleet's current modes before the first request.
+    // Pick up the fleet's current modes, and this proxy's windows, before the first request.
     if let Err(e) = crate::control::poll_state(&app).await {
         warn!(error = %e, "state store not readable at start-up; starting from the config's modes");
+    }
+    match crate::control::restore_windows(&app).await {
+        Ok(n) if n > 0 => info!(routes = n, "route windows resumed"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "saved route windows not readable; starting from empty ones"),
     }
     let (tx, rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(crate::admin::serve(
@@ -144,7 +155,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             every,
             rx.clone(),
         )));
+        let every = Duration::from_secs(s.save_windows_secs.max(1));
+        tasks.push(tokio::spawn(crate::control::save_windows_loop(
+            app.clone(),
+            every,
+            rx.clone(),
+        )));
     }
+    // What `cutover check --probe` would say, as warnings: a wrong session folder or a dead
+    // candidate shows in the log at once, not as mismatches later.
+    let config = app.config();
+    tokio::spawn(async move {
+        for f in crate::probe::probe(&config).await {
+            if let crate::probe::Status::Failed(cause) = &f.status {
+                warn!(part = %f.part, target = %f.target, %cause, "start-up probe failed");
+            }
+        }
+    });
     info!(%proxy_addr, %admin_addr, "cutover listening");
     Ok(Running {
         proxy_addr,

@@ -382,6 +382,10 @@ impl Default for Counts {
 }
 
 impl Counts {
+    fn is_empty(&self) -> bool {
+        self.samples() == 0 && self.skipped == 0 && self.requests == 0
+    }
+
     /// Completed comparisons: what the gate counts as samples.
     pub fn samples(&self) -> u64 {
         self.matches + self.mismatches + self.errors
@@ -509,6 +513,127 @@ impl Window {
     pub fn clear(&mut self) {
         for s in &mut self.slots {
             *s = (u64::MAX, Counts::default());
+        }
+    }
+
+    /// The slots still inside the window at `now_secs`, to be saved.
+    pub fn export(&self, now_secs: u64) -> SavedWindow {
+        let current = now_secs / self.slot_secs;
+        let oldest = current.saturating_sub(SLOTS - 1);
+        let mut slots: Vec<SavedSlot> = self
+            .slots
+            .iter()
+            .filter(|(i, c)| *i != u64::MAX && *i >= oldest && *i <= current && !c.is_empty())
+            .map(|(i, c)| SavedSlot::of(*i, c))
+            .collect();
+        slots.sort_by_key(|s| s.index);
+        SavedWindow {
+            slot_secs: self.slot_secs,
+            slots,
+        }
+    }
+
+    /// Adds saved slots back (those that have left the window by now, or were saved with
+    /// another slot length, are dropped).
+    pub fn import(&mut self, saved: &SavedWindow, now_secs: u64) {
+        if saved.slot_secs != self.slot_secs {
+            return;
+        }
+        let current = now_secs / self.slot_secs;
+        let oldest = current.saturating_sub(SLOTS - 1);
+        for s in &saved.slots {
+            if s.index >= oldest && s.index <= current {
+                self.add_at(s.index, &s.counts());
+            }
+        }
+    }
+
+    /// Clean samples (matches) per second over the last `span` seconds at `now` (unix seconds,
+    /// fractional), None when that time holds none. When the counting began less than a
+    /// window ago (`span` is then the time since), the rate is exact; over longer spans it is
+    /// the rate of whole slots.
+    pub fn clean_rate(&self, now: f64, span: f64) -> Option<f64> {
+        let slot = self.slot_secs as f64;
+        let current = (now / slot) as u64;
+        let slots = ((span / slot).ceil() as u64 + 1).clamp(1, SLOTS);
+        let oldest = current.saturating_sub(slots - 1);
+        let matches: u64 = self
+            .slots
+            .iter()
+            .filter(|(i, _)| *i != u64::MAX && *i >= oldest && *i <= current)
+            .map(|(_, c)| c.matches)
+            .sum();
+        // The current slot has only run for part of its length.
+        let covered = (slots - 1) as f64 * slot + (now - current as f64 * slot);
+        let covered = covered.min(span).max(1e-3);
+        (matches > 0).then(|| matches as f64 / covered)
+    }
+}
+
+/// A route's window as saved across restarts: its non-empty slots, by absolute slot number.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedWindow {
+    pub slot_secs: u64,
+    pub slots: Vec<SavedSlot>,
+}
+
+/// One saved slot; latencies as (bucket, count) pairs of the non-empty buckets.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedSlot {
+    pub index: u64,
+    pub matches: u64,
+    pub mismatches: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    pub requests: u64,
+    pub mirrored: u64,
+    #[serde(default)]
+    pub legacy_lat: Vec<(u16, u32)>,
+    #[serde(default)]
+    pub candidate_lat: Vec<(u16, u32)>,
+}
+
+impl SavedSlot {
+    fn of(index: u64, c: &Counts) -> SavedSlot {
+        let sparse = |h: &[u32; LAT_BUCKETS]| {
+            h.iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (i as u16, *n))
+                .collect()
+        };
+        SavedSlot {
+            index,
+            matches: c.matches,
+            mismatches: c.mismatches,
+            errors: c.errors,
+            skipped: c.skipped,
+            requests: c.requests,
+            mirrored: c.mirrored,
+            legacy_lat: sparse(&c.legacy_lat),
+            candidate_lat: sparse(&c.candidate_lat),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let dense = |pairs: &[(u16, u32)]| {
+            let mut h = [0u32; LAT_BUCKETS];
+            for (i, n) in pairs {
+                if let Some(b) = h.get_mut(usize::from(*i)) {
+                    *b = *n;
+                }
+            }
+            h
+        };
+        Counts {
+            matches: self.matches,
+            mismatches: self.mismatches,
+            errors: self.errors,
+            skipped: self.skipped,
+            requests: self.requests,
+            mirrored: self.mirrored,
+            legacy_lat: dense(&self.legacy_lat),
+            candidate_lat: dense(&self.candidate_lat),
         }
     }
 }
@@ -806,6 +931,28 @@ impl RouteStats {
         self.with_window(|w| w.rate_series(now, n))
     }
 
+    /// The window as it is now, to be saved.
+    pub fn saved_window(&self) -> SavedWindow {
+        self.publish();
+        let now = now_secs();
+        self.with_window(|w| w.export(now))
+    }
+
+    /// Adds a saved window's slots (a restart resuming where it stopped).
+    pub fn restore_window(&self, saved: &SavedWindow) {
+        let now = now_secs();
+        self.with_window(|w| w.import(saved, now));
+    }
+
+    /// Clean samples per second over the last `span` seconds (None: none in that time).
+    pub fn clean_rate(&self, span: f64) -> Option<f64> {
+        self.publish();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.with_window(|w| w.clean_rate(now, span))
+    }
+
     pub fn reset_window(&self) {
         for shard in self.shards.iter() {
             // The counts a shard has not yet folded in are forgotten with the rest.
@@ -842,6 +989,43 @@ mod tests {
         // A reused ring slot starts from zero.
         w.slot(1120).matches += 1;
         assert_eq!(w.sum(1120).matches, 1);
+    }
+
+    #[test]
+    fn windows_are_saved_and_resumed() {
+        let mut w = Window::new(600); // 10-second slots
+        w.slot(10_000).matches += 3;
+        w.slot(10_000).legacy_lat[5] += 2;
+        w.slot(10_300).mismatches += 1;
+        let saved = w.export(10_305);
+        assert_eq!(saved.slots.len(), 2);
+        let json = serde_json::to_string(&saved).expect("json");
+        let back: SavedWindow = serde_json::from_str(&json).expect("back");
+        let mut fresh = Window::new(600);
+        fresh.import(&back, 10_400);
+        let c = fresh.sum(10_400);
+        assert_eq!((c.matches, c.mismatches, c.legacy_lat[5]), (3, 1, 2));
+        // Later, the slot of second 10000 has left the window: not brought back.
+        let mut later = Window::new(600);
+        later.import(&back, 10_700);
+        assert_eq!(later.sum(10_700).matches, 0);
+        assert_eq!(later.sum(10_700).mismatches, 1);
+        // Another window length: nothing is brought back.
+        let mut other = Window::new(3600);
+        other.import(&back, 10_400);
+        assert_eq!(other.sum(10_400).samples(), 0);
+    }
+
+    #[test]
+    fn clean_rate_over_recent_slots() {
+        let mut w = Window::new(60); // 1-second slots
+        for t in 1000..1010 {
+            w.slot(t).matches += 5;
+        }
+        // Counting began 10 s ago: 50 matches in 10 s.
+        let r = w.clean_rate(1010.0, 10.0).expect("a rate");
+        assert!((r - 5.0).abs() < 1e-9, "{r}");
+        assert_eq!(w.clean_rate(2000.0, 5.0), None);
     }
 
     #[test]

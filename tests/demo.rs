@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::{tmux, wait_screen, TmuxSession as Session};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -40,36 +41,6 @@ fn headless_demo_shows_buggy_routes_failing_and_the_others_passing() {
     for good in ["/", "/about", "/account", "/api/cart", "/search"] {
         let r = row(good);
         assert!(r.contains("PASS") && r.contains(" 0.00%"), "{r}");
-    }
-}
-
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux").args(args).output().expect("tmux");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_screen(session: &str, what: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(what) {
-            return screen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`{what}` did not appear on screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Session(String);
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .output();
     }
 }
 

@@ -605,3 +605,120 @@ async fn promoted_routes_verify_fall_back_and_reset() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_promoted_route_that_mismatches_rolls_back_by_itself() {
+    env();
+    // The candidate answers every client (200) but not as PHP does: only the comparisons made
+    // after the promotion (verify_after_promotion) can see it.
+    let legacy = json_origin(r#"{"price":"9.99"}"#).await;
+    let candidate = json_origin(r#"{"price":"9.90"}"#).await;
+    let proxy = cutover(&gate_config(&legacy.url(), &candidate.url())).await;
+    let r = post(
+        proxy.admin_addr,
+        "/api/routes/promote?route=/other&force=true&reason=test",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    eventually(Duration::from_secs(15), "auto-rollback", || {
+        let (p, a) = (proxy.proxy_addr, proxy.admin_addr);
+        async move {
+            assert_eq!(get(p, "/other", &[]).await.status, 200);
+            mode_of(a, "/other").await == "shadow"
+        }
+    })
+    .await;
+    let events = api(proxy.admin_addr, "/api/events").await;
+    let last = events["events"]
+        .as_array()
+        .expect("events")
+        .last()
+        .cloned()
+        .expect("an event");
+    assert_eq!(last["kind"], "auto_rollback");
+    assert!(
+        last["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("comparisons since the promotion differ"),
+        "{last}"
+    );
+    // Back in shadow, PHP serves again.
+    let r = get(proxy.proxy_addr, "/other", &[]).await;
+    assert_eq!(r.body, br#"{"price":"9.99"}"#);
+    proxy.shutdown().await;
+}
+
+// Multi-threaded: waiting for the screen blocks a thread, and the proxy in this process must
+// keep answering the dashboard meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_keys_promote_roll_back_and_reset() {
+    env();
+    require_tool("tmux", "apt-get install tmux");
+    let (legacy, candidate) = legacy_and_candidate().await;
+    let proxy = cutover(&gate_config(&legacy.url(), &candidate.url())).await;
+    for i in 0..25 {
+        get(proxy.proxy_addr, &format!("/items/{i}"), &[]).await;
+    }
+    eventually(Duration::from_secs(10), "a passing gate", || async {
+        let v = api(proxy.admin_addr, "/api/routes").await;
+        v["routes"][0]["gate"]["passing"] == true
+    })
+    .await;
+    let name = format!("cutover-keys-{}", std::process::id());
+    let _session = TmuxSession(name.clone());
+    let cmd = format!(
+        "CUTOVER_ADMIN_TOKEN={TOKEN} {} tui --admin {}; sleep 60",
+        env!("CARGO_BIN_EXE_cutover"),
+        proxy.admin_addr
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &name,
+        "-x",
+        "140",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    wait_screen(&name, "/items/{id}", Duration::from_secs(20));
+    // Sorted by name, /items/{id} is the first row.
+    tmux(&["send-keys", "-t", &name, "s"]);
+    tmux(&["send-keys", "-t", &name, "s"]);
+    wait_screen(&name, "sort: name", Duration::from_secs(5));
+    tmux(&["send-keys", "-t", &name, "p"]);
+    wait_screen(&name, "to the candidate? y/n", Duration::from_secs(5));
+    tmux(&["send-keys", "-t", &name, "y"]);
+    wait_screen(&name, "promoted /items/{id}", Duration::from_secs(10));
+    assert_eq!(mode_of(proxy.admin_addr, "/items/{id}").await, "candidate");
+    tmux(&["send-keys", "-t", &name, "r"]);
+    wait_screen(&name, "back to shadow? y/n", Duration::from_secs(5));
+    tmux(&["send-keys", "-t", &name, "y"]);
+    wait_screen(&name, "is back in shadow mode", Duration::from_secs(10));
+    assert_eq!(mode_of(proxy.admin_addr, "/items/{id}").await, "shadow");
+    tmux(&["send-keys", "-t", &name, "x"]);
+    wait_screen(
+        &name,
+        "window, noise and samples on every proxy? y/n",
+        Duration::from_secs(5),
+    );
+    tmux(&["send-keys", "-t", &name, "y"]);
+    wait_screen(
+        &name,
+        "window, noise and samples cleared",
+        Duration::from_secs(10),
+    );
+    let v = api(proxy.admin_addr, "/api/routes").await;
+    assert_eq!(v["routes"][0]["samples"], 0, "{v}");
+    let kinds: Vec<String> = api(proxy.admin_addr, "/api/events").await["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(kinds, ["promote", "rollback", "reset"]);
+    proxy.shutdown().await;
+}

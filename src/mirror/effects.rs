@@ -54,11 +54,20 @@ pub enum EffectsError {
     After(#[from] crate::session::AfterError),
 }
 
+/// A declaration the candidate sent that cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum DeclarationError {
+    #[error("{WRITE_HEADER} is not text")]
+    NotText,
+    #[error("{0}")]
+    Header(#[from] cutover_session::write::WriteHeaderError),
+}
+
 /// The candidate's session after the request: its declaration, or the session as found.
 fn candidate_after(
     request: &ShadowRequest,
     declared: Option<&HeaderValue>,
-) -> Result<SessionAfter, String> {
+) -> Result<SessionAfter, DeclarationError> {
     let before = || match &request.session {
         Some(s) => SessionAfter::Session {
             regenerated: false,
@@ -69,10 +78,8 @@ fn candidate_after(
     let Some(h) = declared else {
         return Ok(before());
     };
-    let text = h
-        .to_str()
-        .map_err(|_| format!("{WRITE_HEADER} is not text"))?;
-    match SessionWrite::parse(text).map_err(|e| e.to_string())? {
+    let text = h.to_str().map_err(|_| DeclarationError::NotText)?;
+    match SessionWrite::parse(text)? {
         SessionWrite::Destroy => Ok(SessionAfter::None),
         SessionWrite::Set { id, data } => Ok(SessionAfter::Session {
             regenerated: match (&id, &request.session_id) {
@@ -140,7 +147,7 @@ pub fn session_differences(
             path: "session".into(),
             kind: DiffKind::Changed,
             legacy: None,
-            candidate: Some(why),
+            candidate: Some(why.to_string()),
         }],
     }
 }

@@ -17,10 +17,14 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn parse(s: &str) -> Result<Selector, String> {
+    pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        let bad = |why: &str| SelectorError {
+            selector: s.to_string(),
+            why: why.to_string(),
+        };
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty selector".into());
+            return Err(bad("is empty"));
         }
         let mut sel = Selector {
             tag: None,
@@ -33,7 +37,7 @@ impl Selector {
         if tag_end > 0 {
             let tag = &rest[..tag_end];
             if !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(format!("`{s}`: `{tag}` is not a tag name"));
+                return Err(bad(&format!("has `{tag}`, which is not a tag name")));
             }
             sel.tag = Some(tag.to_ascii_lowercase());
             rest = &rest[tag_end..];
@@ -48,7 +52,7 @@ impl Selector {
                 sel.class = Some(r[..end].to_string());
                 rest = &r[end..];
             } else if let Some(r) = rest.strip_prefix('[') {
-                let end = r.find(']').ok_or_else(|| format!("`{s}`: unclosed ["))?;
+                let end = r.find(']').ok_or_else(|| bad("has an unclosed ["))?;
                 let inner = &r[..end];
                 sel.attr = Some(match inner.split_once('=') {
                     Some((k, v)) => (
@@ -59,7 +63,9 @@ impl Selector {
                 });
                 rest = &r[end + 1..];
             } else {
-                return Err(format!("`{s}` is not a selector"));
+                return Err(bad(
+                    "is not a selector (tag, #id, .class, [attr], [attr=value])",
+                ));
             }
         }
         Ok(sel)
@@ -89,6 +95,14 @@ impl Selector {
         }
         true
     }
+}
+
+/// A selector that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("selector `{selector}` {why}")]
+pub struct SelectorError {
+    pub selector: String,
+    pub why: String,
 }
 
 /// What HTML normalization does.

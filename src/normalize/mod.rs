@@ -190,10 +190,13 @@ impl RuleSet {
         }
         let mut html_selectors = Vec::new();
         for (i, sel) in file.html.ignore_elements.iter().enumerate() {
-            html_selectors.push(
-                html::Selector::parse(sel.get_ref())
-                    .map_err(|m| at(sel.span(), &format!("html.ignore_elements[{i}]"), m))?,
-            );
+            html_selectors.push(html::Selector::parse(sel.get_ref()).map_err(|e| {
+                at(
+                    sel.span(),
+                    &format!("html.ignore_elements[{i}]"),
+                    e.to_string(),
+                )
+            })?);
         }
         for (key, list) in [
             ("json.ignore", &file.json.ignore),

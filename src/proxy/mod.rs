@@ -278,17 +278,14 @@ pub async fn handle(
         Some(id) if app.mirror.compares_sessions() => Some(app.mirror.races.enter(id)),
         _ => None,
     };
-    let response = dispatch(
-        &app,
-        &entry,
-        mode,
+    let request = ClientRequest {
         parts,
         body,
         session,
-        in_flight.as_ref(),
+        in_flight: in_flight.as_ref(),
         started,
-    )
-    .await;
+    };
+    let response = dispatch(&app, &entry, mode, request).await;
     match in_flight {
         // Counted until the response has gone out.
         Some(guard) => response.map(|b| body::boxed(body::Guarded::new(b, guard))),
@@ -296,18 +293,31 @@ pub async fn handle(
     }
 }
 
+/// A client's request on its way: what the proxy took of it.
+struct ClientRequest<'a> {
+    parts: http::request::Parts,
+    body: Incoming,
+    /// Its session id, by PHP's rules.
+    session: Option<String>,
+    /// Its count among its session's requests in flight (sessions compared only).
+    in_flight: Option<&'a crate::mirror::races::InFlight>,
+    started: Instant,
+}
+
 /// Serves a request by its route's mode.
-#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     app: &Arc<App>,
     entry: &Arc<RouteEntry>,
     mode: Mode,
-    parts: http::request::Parts,
-    body: Incoming,
-    session: Option<String>,
-    in_flight: Option<&crate::mirror::races::InFlight>,
-    started: Instant,
+    request: ClientRequest<'_>,
 ) -> Response<ProxyBody> {
+    let ClientRequest {
+        parts,
+        body,
+        session,
+        in_flight,
+        started,
+    } = request;
     match mode {
         Mode::Legacy => {
             let body = match buffered_body(app, &parts, body).await {

@@ -357,6 +357,34 @@ impl RouteTable {
         self.auto.load().get(label).cloned()
     }
 
+    /// The entry with this label, made as an automatic one if there is none yet (for windows
+    /// saved by an earlier run); None past `max_routes`.
+    pub fn entry_for_label(&self, label: &str) -> Option<Arc<RouteEntry>> {
+        if let Some(e) = self.by_label(label) {
+            return Some(e);
+        }
+        let _adding = lock(&self.adding);
+        let auto = self.auto.load_full();
+        if let Some(e) = auto.get(label) {
+            return Some(e.clone());
+        }
+        if auto.len() >= self.max_routes {
+            return None;
+        }
+        let e = Arc::new(RouteEntry::new(
+            label,
+            None,
+            RouteSettings::clone(&self.defaults.load()),
+            &self.metrics,
+            self.window_secs,
+        ));
+        self.publish_mode(&e);
+        let mut next = HashMap::clone(&auto);
+        next.insert(label.to_string(), e.clone());
+        self.auto.store(Arc::new(next));
+        Some(e)
+    }
+
     pub fn auto_count(&self) -> usize {
         self.auto.load().len()
     }

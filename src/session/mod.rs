@@ -99,10 +99,11 @@ impl Resolver {
         let wait = timeout.max(Duration::from_secs(1));
         match tokio::time::timeout(wait, stores.probe()).await {
             Ok(Ok(())) => {}
+            // The start-up probe reports it as a warning (see `probe`).
             Ok(Err(problem)) => {
-                tracing::warn!(%problem, "session store not ready at start-up; requests will retry")
+                tracing::debug!(%problem, "session store not ready at start-up; requests will retry")
             }
-            Err(_) => tracing::warn!(
+            Err(_) => tracing::debug!(
                 "session store did not answer within {wait:?} at start-up; requests will retry"
             ),
         }

@@ -60,6 +60,15 @@ impl Stores {
         })
     }
 
+    /// Where the store is, for a person: the folder, the key prefix, the table.
+    pub fn describe(&self) -> String {
+        match self {
+            Stores::Files(s) => format!("files {}", s.save_path.dir.display()),
+            Stores::Dynamo(s) => format!("dynamodb table {}", s.layout().table),
+            Stores::Redis(s) => format!("redis {s:?}"),
+        }
+    }
+
     /// The store's name in metrics (`files`, `dynamodb`, `redis`).
     pub fn name(&self) -> &'static str {
         match self {

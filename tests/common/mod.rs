@@ -607,3 +607,37 @@ pub async fn create_sessions_table(endpoint: &str) -> aws_sdk_dynamodb::Client {
         .expect("create table");
     client
 }
+
+/// tmux with `args`; its standard output.
+pub fn tmux(args: &[&str]) -> String {
+    let out = std::process::Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn wait_screen(session: &str, what: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if screen.contains(what) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{what}` did not appear on screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct TmuxSession(pub String);
+
+impl Drop for TmuxSession {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
