@@ -183,8 +183,12 @@ impl App {
             queue: config.mirror.queue,
             max_buffered_bytes: usize::try_from(config.mirror.max_buffered_bytes)
                 .unwrap_or(usize::MAX),
-            legacy: config.upstreams.legacy.clone(),
-            twin: config.upstreams.legacy_twin.clone(),
+            legacy: config.upstreams.legacy.get_ref().clone(),
+            twin: config
+                .upstreams
+                .legacy_twin
+                .as_ref()
+                .map(|t| t.get_ref().clone()),
             shared_pool: pool.clone(),
             metrics: metrics.clone(),
             settings: mirror_settings(&config)?,
@@ -194,7 +198,7 @@ impl App {
         pool.start_reaper();
         Ok(App {
             limits: RequestLimits::of(&config),
-            legacy: config.upstreams.legacy.clone(),
+            legacy: config.upstreams.legacy.get_ref().clone(),
             session_cookie: config.session.cookie.clone(),
             config: ArcSwap::from_pointee(config),
             pool,

@@ -149,11 +149,39 @@ pub enum Command {
         /// The candidate side's saved response.
         right: PathBuf,
     },
+    /// Print a starting cutover.toml made from an nginx config: its location blocks become
+    /// routes (legacy where nginx passes to PHP, candidate where it passes elsewhere), its
+    /// fastcgi_pass and proxy_pass the upstreams; what to check by hand is listed at the top.
+    Init {
+        /// The nginx config file (a site file or nginx.conf; includes are not followed).
+        #[arg(long, value_name = "FILE")]
+        from_nginx: PathBuf,
+    },
     /// PHP session tools.
     Session {
         #[command(subcommand)]
         command: SessionCommand,
     },
+}
+
+fn init_cmd(path: &std::path::Path) -> u8 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cutover: cannot read {}: {e}", path.display());
+            return EXIT_RUNTIME;
+        }
+    };
+    match crate::init::from_nginx(&text, &path.display().to_string()) {
+        Ok(toml) => {
+            print!("{toml}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("cutover: {e}");
+            EXIT_CONFIG
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -652,6 +680,7 @@ pub fn run(cli: Cli) -> u8 {
             None,
             token_env,
         )),
+        Command::Init { from_nginx } => init_cmd(&from_nginx),
         Command::Diff {
             rules,
             no_builtin,
@@ -669,7 +698,7 @@ pub fn run(cli: Cli) -> u8 {
                     return EXIT_OK;
                 }
                 with_runtime(async move {
-                    let findings = crate::probe::probe(&c).await;
+                    let findings = crate::probe::probe(&c, crate::probe::Reach::Request).await;
                     for f in &findings {
                         println!("{f}");
                     }

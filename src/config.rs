@@ -11,7 +11,8 @@ use crate::located::{line_of, read_file, toml_error};
 use crate::mode::Mode;
 use crate::normalize::{RuleSet, Rules};
 use crate::route::{Pattern, RouteSettings, RouteSpec};
-use crate::upstream::UpstreamUrl;
+use crate::upstream::fastcgi::FastCgiApp;
+use crate::upstream::{Protocol, UpstreamUrl};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -129,10 +130,13 @@ impl Default for Listen {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstreams {
-    pub legacy: UpstreamUrl,
-    pub candidate: UpstreamUrl,
+    pub legacy: Spanned<UpstreamUrl>,
+    pub candidate: Spanned<UpstreamUrl>,
     #[serde(default)]
-    pub legacy_twin: Option<UpstreamUrl>,
+    pub legacy_twin: Option<Spanned<UpstreamUrl>>,
+    /// The PHP application behind a `fastcgi://` legacy (or twin).
+    #[serde(default)]
+    pub fastcgi: Option<FastCgiSection>,
     /// Extra PEM file of CA certificates trusted for `https://` upstreams (system roots always are).
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
@@ -146,6 +150,21 @@ pub struct Upstreams {
     /// Idle upstream connections older than this are closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
+}
+
+/// `[upstreams.fastcgi]`: what nginx's `root` and `index` say for `fastcgi_pass`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastCgiSection {
+    /// SCRIPT_FILENAME = document_root + script; non-PHP files under it are served from disk.
+    pub document_root: Spanned<String>,
+    /// The front controller: paths that are neither a .php file nor a file run it.
+    #[serde(default = "default_index")]
+    pub index: Spanned<String>,
+}
+
+fn default_index() -> Spanned<String> {
+    Spanned::new(0..0, "index.php".into())
 }
 
 fn default_max_connections() -> Spanned<usize> {
@@ -647,7 +666,7 @@ pub struct Route {
     #[serde(default)]
     pub mirror_methods: Option<Vec<MethodName>>,
     #[serde(default)]
-    pub candidate: Option<UpstreamUrl>,
+    pub candidate: Option<Spanned<UpstreamUrl>>,
     #[serde(default)]
     pub sample: Option<Spanned<f64>>,
     #[serde(default)]
@@ -718,7 +737,29 @@ impl Config {
         config.base_dir = base_dir.to_path_buf();
         config.source_name = name.to_string();
         config.validate(text)?;
+        config.attach_fastcgi();
         Ok(config)
+    }
+
+    /// Gives the `fastcgi://` upstreams the application behind them (validated before).
+    fn attach_fastcgi(&mut self) {
+        let Some(f) = &self.upstreams.fastcgi else {
+            return;
+        };
+        let app = Arc::new(FastCgiApp {
+            document_root: self.resolve(f.document_root.get_ref()),
+            index: f.index.get_ref().trim_start_matches('/').to_string(),
+        });
+        let legacy = self.upstreams.legacy.get_mut();
+        if legacy.protocol == Protocol::FastCgi {
+            legacy.fastcgi = Some(app.clone());
+        }
+        if let Some(t) = self.upstreams.legacy_twin.as_mut() {
+            let t = t.get_mut();
+            if t.protocol == Protocol::FastCgi {
+                t.fastcgi = Some(app);
+            }
+        }
     }
 
     /// Resolves a path written in the config against the config's folder.
@@ -878,6 +919,7 @@ impl Config {
                 );
             }
         }
+        self.validate_fastcgi(text)?;
         if self.upstreams.legacy_twin.is_some() && self.session.store != StoreKind::None {
             let (key, present) = match (self.session.store, &self.session.twin) {
                 (_, None) => ("session.twin", false),
@@ -913,6 +955,67 @@ impl Config {
         Ok(())
     }
 
+    /// FastCGI is how PHP is reached (legacy, twin), with `[upstreams.fastcgi]` saying where
+    /// the application is; a candidate speaks HTTP.
+    fn validate_fastcgi(&self, text: &str) -> Result<(), ConfigError> {
+        let u = &self.upstreams;
+        let php_side = std::iter::once(("upstreams.legacy", &u.legacy))
+            .chain(u.legacy_twin.iter().map(|t| ("upstreams.legacy_twin", t)));
+        for (key, url) in php_side {
+            if url.get_ref().protocol == Protocol::FastCgi && u.fastcgi.is_none() {
+                return Err(self.located(
+                    text,
+                    url.span(),
+                    key,
+                    format!(
+                        "`{}` is a FastCGI upstream: add [upstreams.fastcgi] with document_root (and index, default index.php)",
+                        url.get_ref()
+                    ),
+                ));
+            }
+        }
+        let candidates = std::iter::once(("upstreams.candidate".to_string(), &u.candidate)).chain(
+            self.routes.iter().enumerate().filter_map(|(i, r)| {
+                r.candidate
+                    .as_ref()
+                    .map(|c| (format!("route[{i}].candidate"), c))
+            }),
+        );
+        for (key, url) in candidates {
+            if url.get_ref().protocol == Protocol::FastCgi {
+                return Err(self.located(
+                    text,
+                    url.span(),
+                    &key,
+                    format!(
+                        "`{}`: a candidate speaks HTTP (http://, https:// or http+unix://); FastCGI is for legacy and legacy_twin",
+                        url.get_ref()
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &u.fastcgi {
+            let index = f.index.get_ref();
+            if index.trim_start_matches('/').is_empty() || index.split('/').any(|s| s == "..") {
+                return Err(self.located(
+                    text,
+                    f.index.span(),
+                    "upstreams.fastcgi.index",
+                    format!("`{index}` is not a script under document_root"),
+                ));
+            }
+            if f.document_root.get_ref().is_empty() {
+                return Err(self.located(
+                    text,
+                    f.document_root.span(),
+                    "upstreams.fastcgi.document_root",
+                    "is empty".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The compiled rules of a route: the built-in ones, the defaults' list, then `route_rules`.
     pub fn rules_for(&self, route_rules: &[Spanned<String>]) -> Result<Rules, ConfigError> {
         let mut sets = Vec::new();
@@ -934,7 +1037,7 @@ impl Config {
             mirror_methods: d.mirror_methods.iter().map(|m| m.0.clone()).collect(),
             max_body_bytes: usize::try_from(d.max_body_bytes).unwrap_or(usize::MAX),
             candidate_timeout: Duration::from_millis(d.candidate_timeout_ms),
-            candidate: Arc::new(self.upstreams.candidate.clone()),
+            candidate: Arc::new(self.upstreams.candidate.get_ref().clone()),
             rules: Arc::new(self.rules_for(&[])?),
         })
     }
@@ -965,10 +1068,10 @@ impl Config {
                     candidate_timeout: r
                         .candidate_timeout_ms
                         .map_or(defaults.candidate_timeout, Duration::from_millis),
-                    candidate: r
-                        .candidate
-                        .as_ref()
-                        .map_or_else(|| defaults.candidate.clone(), |c| Arc::new(c.clone())),
+                    candidate: r.candidate.as_ref().map_or_else(
+                        || defaults.candidate.clone(),
+                        |c| Arc::new(c.get_ref().clone()),
+                    ),
                     rules,
                 },
             });
@@ -1025,6 +1128,6 @@ mod tests {
         assert_eq!(c.gate.min_samples, 1000);
         assert_eq!(c.session.store, StoreKind::None);
         assert_eq!(c.samples.per_route, 20);
-        assert_eq!(c.upstreams.legacy.authority.as_str(), "a");
+        assert_eq!(c.upstreams.legacy.get_ref().authority.as_str(), "a");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The modules are layers, each using only those below it:
 //!
-//! - [`cli`] — the commands; [`demo`] — the one-command first run; [`tui`] — the dashboard,
+//! - [`cli`] — the commands ([`init`] writes a first config from nginx's); [`demo`] — the
+//!   one-command first run; [`tui`] — the dashboard,
 //!   which sees proxies only through [`client`], the admin API's client.
 //! - [`runtime`] — start-up and shutdown: listeners, worker threads, signals, control loops.
 //! - [`admin`] — the admin HTTP API (wire types in [`api`]); [`control`] — promote, rollback,
@@ -38,6 +39,7 @@ pub mod demo;
 pub mod diff;
 pub mod fleet;
 pub mod gate;
+pub mod init;
 pub mod located;
 pub mod mirror;
 pub mod mode;

@@ -52,6 +52,9 @@ async fn within<F: std::future::Future<Output = Status>>(f: F) -> Status {
 
 async fn http(pool: &crate::upstream::Pool, url: &crate::upstream::UpstreamUrl) -> Status {
     let started = Instant::now();
+    if url.protocol == crate::upstream::Protocol::FastCgi {
+        return fastcgi(url, started).await;
+    }
     let mut req = http::Request::new(crate::upstream::body::empty());
     *req.method_mut() = http::Method::HEAD;
     *req.uri_mut() = match url.origin_form(None) {
@@ -64,6 +67,25 @@ async fn http(pool: &crate::upstream::Pool, url: &crate::upstream::UpstreamUrl) 
             resp.status().as_u16(),
             started.elapsed().as_millis()
         )),
+        Err(e) => Status::Failed(crate::mirror::CallError::from(e).to_string()),
+    }
+}
+
+/// PHP-FPM answers a management record, and the application's front controller is there.
+async fn fastcgi(url: &crate::upstream::UpstreamUrl, started: Instant) -> Status {
+    match crate::upstream::fastcgi::client::probe(url).await {
+        Ok(what) => {
+            if let Some(app) = &url.fastcgi {
+                let index = app.document_root.join(&app.index);
+                if !index.is_file() {
+                    return Status::Ok(format!(
+                        "{what}; note: {} is not a file on this machine (fine only if PHP-FPM runs on another machine; static files are served from this one's document_root)",
+                        index.display()
+                    ));
+                }
+            }
+            Status::Ok(format!("{what} in {} ms", started.elapsed().as_millis()))
+        }
         Err(e) => Status::Failed(crate::mirror::CallError::from(e).to_string()),
     }
 }
@@ -193,7 +215,48 @@ async fn state_store(config: &Config) -> Option<Finding> {
 }
 
 /// Probes every part the config names, in order.
-pub async fn probe(config: &Config) -> Vec<Finding> {
+/// How far the upstreams are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// A `HEAD /` answered (`cutover check --probe`).
+    Request,
+    /// A connection opened, no request sent (at start-up: an application sees no request it
+    /// did not get from a client).
+    Connect,
+}
+
+/// A connection to the upstream opens (FastCGI: the management record, which runs no script).
+async fn connect(url: &crate::upstream::UpstreamUrl) -> Status {
+    use crate::upstream::{Protocol, Transport};
+    let started = Instant::now();
+    if url.protocol == Protocol::FastCgi {
+        return fastcgi(url, started).await;
+    }
+    let opened = match &url.transport {
+        Transport::Unix(path) => tokio::net::UnixStream::connect(path).await.map(drop),
+        Transport::Tcp => {
+            let port = url.authority.port_u16().unwrap_or(match url.protocol {
+                Protocol::Https => 443,
+                _ => 80,
+            });
+            tokio::net::TcpStream::connect((url.authority.host(), port))
+                .await
+                .map(drop)
+        }
+    };
+    match opened {
+        Ok(()) => Status::Ok(format!("connected in {} ms", started.elapsed().as_millis())),
+        Err(e) => Status::Failed(
+            crate::mirror::CallError::from(crate::upstream::UpstreamError::Connect {
+                authority: url.to_string(),
+                source: Box::new(e),
+            })
+            .to_string(),
+        ),
+    }
+}
+
+pub async fn probe(config: &Config, reach: Reach) -> Vec<Finding> {
     let mut out = Vec::new();
     let pool = match crate::upstream::pool(
         config.ca_file().as_deref(),
@@ -210,16 +273,16 @@ pub async fn probe(config: &Config) -> Vec<Finding> {
         }
     };
     let mut upstreams = vec![
-        ("legacy", config.upstreams.legacy.clone()),
-        ("candidate", config.upstreams.candidate.clone()),
+        ("legacy", config.upstreams.legacy.get_ref().clone()),
+        ("candidate", config.upstreams.candidate.get_ref().clone()),
     ];
     if let Some(t) = &config.upstreams.legacy_twin {
-        upstreams.push(("legacy_twin", t.clone()));
+        upstreams.push(("legacy_twin", t.get_ref().clone()));
     }
     for r in &config.routes {
         if let Some(c) = &r.candidate {
-            if !upstreams.iter().any(|(_, u)| u == c) {
-                upstreams.push(("route candidate", c.clone()));
+            if !upstreams.iter().any(|(_, u)| u == c.get_ref()) {
+                upstreams.push(("route candidate", c.get_ref().clone()));
             }
         }
     }
@@ -227,7 +290,10 @@ pub async fn probe(config: &Config) -> Vec<Finding> {
         out.push(Finding {
             part: part.into(),
             target: url.to_string(),
-            status: within(http(&pool, &url)).await,
+            status: match reach {
+                Reach::Request => within(http(&pool, &url)).await,
+                Reach::Connect => within(connect(&url)).await,
+            },
         });
     }
     out.extend(session_store(config, false).await);

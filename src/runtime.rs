@@ -166,7 +166,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // candidate shows in the log at once, not as mismatches later.
     let config = app.config();
     tokio::spawn(async move {
-        for f in crate::probe::probe(&config).await {
+        for f in crate::probe::probe(&config, crate::probe::Reach::Connect).await {
             if let crate::probe::Status::Failed(cause) = &f.status {
                 warn!(part = %f.part, target = %f.target, %cause, "start-up probe failed");
             }

@@ -165,6 +165,9 @@ pub struct Metrics {
     pub rejected_requests: IntCounterVec,
     /// Addition: request bytes held in memory for mirrors now.
     pub mirror_buffered_bytes: prometheus::IntGauge,
+    /// WebSocket handshakes by route, upstream and outcome; tunnels open now.
+    pub websockets: IntCounterVec,
+    pub websockets_open: prometheus::IntGauge,
     dropped: [IntCounter; 6],
     rejected: [IntCounter; 8],
     /// How many shards each route's statistics have ([`shards_for`] the workers).
@@ -269,8 +272,19 @@ impl Metrics {
             "cutover_mirror_buffered_bytes",
             "Request body bytes held in memory for mirrors now.",
         )?;
+        let websockets = IntCounterVec::new(
+            Opts::new(
+                "cutover_websockets_total",
+                "WebSocket handshakes passed through (never mirrored), by route, upstream and outcome (tunnelled, refused, failed, unsupported).",
+            ),
+            &["route", "upstream", "outcome"],
+        )?;
+        let websockets_open =
+            prometheus::IntGauge::new("cutover_websockets_open", "WebSocket tunnels open now.")?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(websockets.clone()),
+            Box::new(websockets_open.clone()),
             Box::new(comparisons.clone()),
             Box::new(mismatch_ratio.clone()),
             Box::new(upstream_duration.clone()),
@@ -308,6 +322,8 @@ impl Metrics {
             candidate_fallbacks,
             rejected_requests,
             mirror_buffered_bytes,
+            websockets,
+            websockets_open,
             dropped,
             rejected,
             shards: 1,

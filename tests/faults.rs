@@ -236,13 +236,19 @@ async fn clients_that_leave_early_leak_no_tasks() {
     .await;
     let candidate = php_like().await;
     let proxy = cutover(&base_config(&legacy.url(), &candidate.url())).await;
-    for _ in 0..20 {
+    for i in 0..20 {
         let mut s = tokio::net::TcpStream::connect(proxy.proxy_addr)
             .await
             .expect("connect");
         s.write_all(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .expect("write");
+        // Gone while PHP works on it (a client gone before its request was read is never
+        // served, nor mirrored).
+        eventually(Duration::from_secs(5), "PHP got the request", || async {
+            legacy.count() == i + 1
+        })
+        .await;
         drop(s);
     }
     eventually(

@@ -728,6 +728,7 @@ async fn https_upstreams_with_a_ca_file() {
 struct CountingOrigin {
     addr: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     most_open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -768,6 +769,7 @@ async fn counting_origin(delay: Duration) -> CountingOrigin {
     CountingOrigin {
         addr,
         accepted,
+        open,
         most_open,
     }
 }
@@ -779,9 +781,20 @@ async fn upstream_connections_are_capped_reused_and_waited_for() {
     let url = format!("http://{}", origin.addr);
     let config = format!(
         "{}max_connections = 4\n[defaults]\nmode = \"legacy\"\n",
-        base_config(&url, &url)
+        base_config(&url, &format!("http://{}", dead_addr()))
     );
     let proxy = cutover(&config).await;
+    // The start-up probe opens (and closes) one connection to the legacy app: not the pool's.
+    eventually(
+        Duration::from_secs(5),
+        "the start-up probe's connection",
+        || async {
+            origin.accepted.load(Ordering::SeqCst) == 1 && origin.open.load(Ordering::SeqCst) == 0
+        },
+    )
+    .await;
+    origin.accepted.store(0, Ordering::SeqCst);
+    origin.most_open.store(0, Ordering::SeqCst);
     // 40 clients at once, each on its own connection: they share at most 4 upstream ones.
     let clients: Vec<_> = (0..40)
         .map(|i| {

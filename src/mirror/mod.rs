@@ -208,6 +208,10 @@ impl From<UpstreamError> for CallError {
         match e {
             UpstreamError::Connect { source, .. } => CallError::Connect(root_cause(&*source)),
             UpstreamError::Http(e) => CallError::Reset(root_cause(&e)),
+            UpstreamError::Io(e) => CallError::Reset(root_cause(&e)),
+            e @ (UpstreamError::FastCgi(_) | UpstreamError::NoApplication) => {
+                CallError::Reset(e.to_string())
+            }
         }
     }
 }

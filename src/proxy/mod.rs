@@ -4,6 +4,7 @@
 //! eligible requests to the [`crate::mirror`] without ever waiting for it.
 
 pub mod request_body;
+pub mod websocket;
 
 use crate::access::{self, AccessEntry};
 use crate::app::App;
@@ -35,7 +36,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts and serves client connections on this worker until `stop` changes, then lets
 /// in-flight requests finish (up to 30 s).
 pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections are tracked here rather than by hyper-util's GracefulShutdown, which cannot
+    // watch a connection that upgrades (a WebSocket tunnel).
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -50,7 +53,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiv
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let client = ClientInfo::new(remote, &app.limits.trusted_proxies);
+                let local = stream.local_addr().unwrap_or(remote);
+                let client = ClientInfo::new(remote, local, &app.limits.trusted_proxies);
                 let service = hyper::service::service_fn(move |req| {
                     let app = app.clone();
                     let client = client.clone();
@@ -61,10 +65,24 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiv
                     .header_read_timeout(HEAD_TIMEOUT)
                     .max_buf_size(MAX_HEAD_BYTES)
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut stopping = stop.clone();
+                connections.spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    let ended = tokio::select! {
+                        r = conn.as_mut() => Some(r),
+                        _ = stopping.changed() => None,
+                    };
+                    let result = match ended {
+                        Some(r) => r,
+                        None => {
+                            // Finish the request in flight, then close.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
                         debug!(error = %e, %remote, "client connection ended with an error");
                     }
                 });
@@ -73,8 +91,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiv
         }
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = tokio::time::sleep(Duration::from_secs(30)) => warn!("in-flight requests still running after 30 s; closing"),
     }
 }
@@ -211,7 +230,7 @@ async fn buffered_body(
     }
 }
 
-/// Serves one client request;/// Serves one client request; `client` is what its connection says about the client.
+/// Serves one client request; `client` is what its connection says about the client.
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
@@ -253,6 +272,10 @@ pub async fn handle(
     // read buffer (see `detach`).
     parts.uri = detach::uri(&parts.uri);
     let entry = app.routes.lookup(parts.uri.path());
+    if websocket::is_handshake(&parts) {
+        // Before the hop-by-hop headers go: Upgrade and Connection are the handshake.
+        return websocket::tunnel(&app, &entry, parts, &client, started).await;
+    }
     if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
         // hyper framed the body by Transfer-Encoding (and will close the connection after); a
         // Content-Length sent alongside must not reach the upstream, or it would read the body
@@ -262,6 +285,8 @@ pub async fn handle(
     headers::strip_hop_by_hop(&mut parts.headers, Direction::Request);
     headers::strip_cutover_headers(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, &client);
+    // What a FastCGI upstream is told about the peers (REMOTE_ADDR, SERVER_PORT, HTTPS).
+    parts.extensions.insert(client);
     let mode = entry.mode();
     if mode == Mode::Legacy && !app.mirror.compares_sessions() {
         let body = match buffered_body(&app, &parts, body).await {

@@ -170,16 +170,50 @@ impl IpBlock {
 pub struct ClientInfo {
     pub ip: HeaderValue,
     pub trusted: bool,
+    /// The client's address and the proxy's, on this connection (what a FastCGI upstream is
+    /// told as REMOTE_ADDR and SERVER_ADDR).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
 }
 
 impl ClientInfo {
-    pub fn new(client: SocketAddr, trusted: &[IpBlock]) -> ClientInfo {
+    pub fn new(client: SocketAddr, local: SocketAddr, trusted: &[IpBlock]) -> ClientInfo {
         ClientInfo {
             // An IP address always makes a valid header value; "unknown" is RFC 7239's word.
             ip: HeaderValue::from_str(&client.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             trusted: trusted.iter().any(|b| b.contains(client.ip())),
+            peer: client,
+            local,
         }
+    }
+}
+
+/// The CGI view of a request's peers, from the `ClientInfo` the proxy put in its extensions
+/// (loopback when there is none: a request made by cutover itself).
+pub fn peers_of(parts: &http::request::Parts) -> super::fastcgi::Peers {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let info = parts.extensions.get::<ClientInfo>();
+    let (peer, local) = info.map_or((loopback, loopback), |c| (c.peer, c.local));
+    let https = info.is_some_and(|c| c.trusted)
+        && parts
+            .headers
+            .get(&XFP)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    // From a trusted proxy, the client it names (as nginx's real_ip module gives PHP): the
+    // address before the proxy's own, which `add_forwarded` appended last.
+    let named = info.filter(|c| c.trusted).and_then(|_| {
+        let xff = parts.headers.get(&XFF)?.to_str().ok()?;
+        let mut hops = xff.rsplit(',').map(str::trim);
+        hops.next()?;
+        hops.next()?.parse::<std::net::IpAddr>().ok()
+    });
+    super::fastcgi::Peers {
+        remote_addr: named.unwrap_or(peer.ip()).to_string(),
+        remote_port: if named.is_some() { 0 } else { peer.port() },
+        server_addr: local.ip().to_string(),
+        server_port: local.port(),
+        https,
     }
 }
 
@@ -268,14 +302,15 @@ mod tests {
             h
         };
         let addr: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let local: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
         let mut h = base();
-        add_forwarded(&mut h, &ClientInfo::new(addr, &[]));
+        add_forwarded(&mut h, &ClientInfo::new(addr, local, &[]));
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
         let mut h = base();
         let trusted = ["127.0.0.0/8".parse().expect("block")];
-        add_forwarded(&mut h, &ClientInfo::new(addr, &trusted));
+        add_forwarded(&mut h, &ClientInfo::new(addr, local, &trusted));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "evil.example");

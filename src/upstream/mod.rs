@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod detach;
+pub mod fastcgi;
 pub mod headers;
 pub mod pool;
 
@@ -22,29 +23,85 @@ pub use pool::{Limits, Pool, UpstreamBody, UpstreamError};
 pub enum AddressError {
     #[error("`{url}` is not a URL: {why}")]
     NotAUrl { url: String, why: String },
-    #[error("`{0}` has no scheme (use http:// or https://)")]
+    #[error(
+        "`{0}` has no scheme (use http://, https://, http+unix://, fastcgi:// or fastcgi+unix://)"
+    )]
     NoScheme(String),
-    #[error("`{0}`: only http:// and https:// upstreams are supported")]
+    #[error("`{0}`: the scheme is not one of http://, https://, http+unix://, fastcgi://, fastcgi+unix://")]
     Scheme(String),
     #[error("`{0}` has no host")]
     NoHost(String),
     #[error("`{0}`: an upstream URL cannot have a query")]
     Query(String),
+    #[error("`{0}`: a Unix socket needs an absolute path, as in http+unix:///run/app.sock")]
+    SocketPath(String),
 }
 
-/// A validated `http://` or `https://` upstream, parsed once when the config loads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an upstream is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+    /// PHP-FPM, as nginx's `fastcgi_pass`.
+    FastCgi,
+}
+
+/// Where an upstream is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Unix(std::path::PathBuf),
+}
+
+/// A validated upstream, parsed once when the config loads: `http://host:port[/base]`,
+/// `https://…`, `http+unix:///path.sock`, `fastcgi://host:port`, `fastcgi+unix:///path.sock`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamUrl {
+    pub protocol: Protocol,
+    pub transport: Transport,
+    /// `http` or `https` (what the TLS connector goes by).
     pub scheme: http::uri::Scheme,
+    /// host:port over TCP; `localhost` for a Unix socket (the `Host` sent when a client sent none).
     pub authority: http::uri::Authority,
     /// Path prefix prepended to the request path (without a trailing slash).
     pub base_path: String,
+    /// FastCGI: the PHP application behind it (`[upstreams.fastcgi]`), set when the config loads.
+    pub fastcgi: Option<std::sync::Arc<fastcgi::FastCgiApp>>,
+    text: String,
 }
 
 impl UpstreamUrl {
     pub fn parse(s: &str) -> Result<UpstreamUrl, AddressError> {
+        let unix = |rest: &str, protocol| {
+            if !rest.starts_with('/') || rest.len() < 2 {
+                return Err(AddressError::SocketPath(s.to_string()));
+            }
+            Ok(UpstreamUrl {
+                protocol,
+                transport: Transport::Unix(std::path::PathBuf::from(rest)),
+                scheme: http::uri::Scheme::HTTP,
+                authority: http::uri::Authority::from_static("localhost"),
+                base_path: String::new(),
+                fastcgi: None,
+                text: s.to_string(),
+            })
+        };
+        if let Some(rest) = s.strip_prefix("http+unix://") {
+            return unix(rest, Protocol::Http);
+        }
+        if let Some(rest) = s.strip_prefix("fastcgi+unix://") {
+            return unix(rest, Protocol::FastCgi);
+        }
+        let (protocol, as_http) = match s.split_once("://") {
+            Some(("fastcgi", rest)) => (Protocol::FastCgi, format!("http://{rest}")),
+            Some(("http", _)) => (Protocol::Http, s.to_string()),
+            Some(("https", _)) => (Protocol::Https, s.to_string()),
+            Some(_) => return Err(AddressError::Scheme(s.to_string())),
+            None => return Err(AddressError::NoScheme(s.to_string())),
+        };
         let uri: http::Uri =
-            s.parse()
+            as_http
+                .parse()
                 .map_err(|e: http::uri::InvalidUri| AddressError::NotAUrl {
                     url: s.to_string(),
                     why: e.to_string(),
@@ -53,9 +110,6 @@ impl UpstreamUrl {
             .scheme()
             .cloned()
             .ok_or_else(|| AddressError::NoScheme(s.to_string()))?;
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            return Err(AddressError::Scheme(s.to_string()));
-        }
         let authority = uri
             .authority()
             .cloned()
@@ -65,10 +119,20 @@ impl UpstreamUrl {
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(UpstreamUrl {
+            protocol,
+            transport: Transport::Tcp,
             scheme,
             authority,
             base_path,
+            fastcgi: None,
+            text: s.to_string(),
         })
+    }
+
+    /// The same upstream, with the FastCGI application behind it.
+    pub fn with_fastcgi(mut self, app: std::sync::Arc<fastcgi::FastCgiApp>) -> UpstreamUrl {
+        self.fastcgi = Some(app);
+        self
     }
 
     /// The origin-form URI (path and query) of a request to this upstream, for the path and
@@ -93,7 +157,7 @@ impl UpstreamUrl {
 
 impl std::fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+        f.write_str(&self.text)
     }
 }
 

@@ -30,6 +30,12 @@ pub enum UpstreamError {
     Connect { authority: String, source: BoxError },
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    #[error("{0}")]
+    FastCgi(#[from] super::fastcgi::ProtocolError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("a FastCGI upstream without [upstreams.fastcgi]")]
+    NoApplication,
 }
 
 /// How many connections a pool keeps, per upstream.
@@ -50,6 +56,8 @@ pub struct Pool {
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
+    /// PHP-FPM upstreams' connections (same limits).
+    fcgi: super::fastcgi::client::FcgiPool,
     limits: Limits,
     /// One entry per upstream ever used; never removed (a proxy has a handful of upstreams),
     /// so an index names an upstream for the life of the pool.
@@ -59,6 +67,7 @@ struct Inner {
 struct Host {
     scheme: Scheme,
     authority: Authority,
+    transport: super::Transport,
     /// Newest at the back.
     idle: VecDeque<Idle>,
     open: usize,
@@ -99,11 +108,71 @@ impl Drop for ConnectSlot {
     }
 }
 
+type ConnTask = tokio::task::JoinHandle<Result<(), hyper::Error>>;
+
+/// A new HTTP/1.1 connection to `url` (TCP, TLS or a Unix socket), its task spawned; with
+/// `upgrades` the task hands the connection over when a response upgrades it.
+async fn open(
+    connector: &HttpsConnector<HttpConnector>,
+    url: &UpstreamUrl,
+    upgrades: bool,
+) -> Result<(SendRequest<ProxyBody>, ConnTask), UpstreamError> {
+    async fn handshake<I>(
+        io: I,
+        upgrades: bool,
+    ) -> Result<(SendRequest<ProxyBody>, ConnTask), hyper::Error>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (conn, task) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await?;
+        let task = if upgrades {
+            tokio::spawn(async move { task.with_upgrades().await })
+        } else {
+            tokio::spawn(task)
+        };
+        Ok((conn, task))
+    }
+    let failed = |source: BoxError| UpstreamError::Connect {
+        authority: url.authority.to_string(),
+        source,
+    };
+    match &url.transport {
+        super::Transport::Unix(path) => {
+            let io = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(|e| failed(e.into()))?;
+            handshake(hyper_util::rt::TokioIo::new(io), upgrades)
+                .await
+                .map_err(|e| failed(e.into()))
+        }
+        super::Transport::Tcp => {
+            let uri = Uri::builder()
+                .scheme(url.scheme.clone())
+                .authority(url.authority.clone())
+                .path_and_query("/")
+                .build()
+                .map_err(|e| failed(e.into()))?;
+            let mut connector = connector.clone();
+            std::future::poll_fn(|cx| connector.poll_ready(cx))
+                .await
+                .map_err(failed)?;
+            let io = connector.call(uri).await.map_err(failed)?;
+            handshake(io, upgrades).await.map_err(|e| failed(e.into()))
+        }
+    }
+}
+
 impl Pool {
     pub fn new(connector: HttpsConnector<HttpConnector>, limits: Limits) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 connector,
+                fcgi: super::fastcgi::client::FcgiPool::new(Limits {
+                    max_open: limits.max_open.max(1),
+                    idle_timeout: limits.idle_timeout,
+                }),
                 limits: Limits {
                     max_open: limits.max_open.max(1),
                     idle_timeout: limits.idle_timeout,
@@ -121,6 +190,12 @@ impl Pool {
         url: &UpstreamUrl,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if url.protocol == super::Protocol::FastCgi {
+            let (parts, body) = req.into_parts();
+            let peers = super::headers::peers_of(&parts);
+            // Boxed: FastCGI's future is large and most requests never take this way.
+            return Box::pin(self.inner.fcgi.send(url, parts, body, peers)).await;
+        }
         if !req.headers().contains_key(http::header::HOST) {
             if let Ok(v) = http::HeaderValue::from_str(url.authority.as_str()) {
                 req.headers_mut().insert(http::header::HOST, v);
@@ -155,7 +230,7 @@ impl Pool {
             match conn.try_send_request(req).await {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let body = UpstreamBody::new(body, self.inner.clone(), h, conn);
+                    let body = UpstreamBody::http(body, self.inner.clone(), h, conn);
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match e.take_message() {
@@ -165,6 +240,29 @@ impl Pool {
                 },
             }
         }
+    }
+
+    /// Sends a request that upgrades (a WebSocket handshake) on a connection of its own: not
+    /// pooled nor counted among `max_connections`, as a tunnel stays open for as long as its
+    /// client wants and must not hold a place requests wait for. The response's upgrade (see
+    /// `hyper::upgrade::on`) is the upstream's side of the tunnel.
+    pub async fn send_upgrade(
+        &self,
+        url: &UpstreamUrl,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(url.authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        let (mut conn, task) = open(&self.inner.connector, url, true).await?;
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = task.await {
+                tracing::debug!(error = %e, "upgraded upstream connection ended with an error");
+            }
+        });
+        Ok(conn.send_request(req).await?)
     }
 
     /// Starts closing idle connections older than the idle timeout on the current runtime,
@@ -184,15 +282,18 @@ impl Pool {
 
     /// Connections open to `url` now (busy, idle or connecting).
     pub fn open_to(&self, url: &UpstreamUrl) -> usize {
+        if url.protocol == super::Protocol::FastCgi {
+            return self.inner.fcgi.open_to(url);
+        }
         let hosts = self.inner.hosts();
         position(&hosts, url).map_or(0, |i| hosts[i].open)
     }
 }
 
 fn position(hosts: &[Host], url: &UpstreamUrl) -> Option<usize> {
-    hosts
-        .iter()
-        .position(|h| h.scheme == url.scheme && h.authority == url.authority)
+    hosts.iter().position(|h| {
+        h.scheme == url.scheme && h.authority == url.authority && h.transport == url.transport
+    })
 }
 
 impl Inner {
@@ -213,6 +314,7 @@ impl Inner {
                 hosts.push(Host {
                     scheme: url.scheme.clone(),
                     authority: url.authority.clone(),
+                    transport: url.transport.clone(),
                     idle: VecDeque::new(),
                     open: 0,
                     waiters: VecDeque::new(),
@@ -254,31 +356,13 @@ impl Inner {
         url: &UpstreamUrl,
         mut slot: ConnectSlot,
     ) -> Result<SendRequest<ProxyBody>, UpstreamError> {
-        let failed = |source: BoxError| UpstreamError::Connect {
-            authority: url.authority.to_string(),
-            source,
-        };
-        let uri = Uri::builder()
-            .scheme(url.scheme.clone())
-            .authority(url.authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| failed(e.into()))?;
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
-            .await
-            .map_err(failed)?;
-        let io = connector.call(uri).await.map_err(failed)?;
-        let (conn, task) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| failed(e.into()))?;
+        let (conn, task) = open(&self.connector, url, false).await?;
         // From here the connection task holds the place and frees it when the connection ends.
         slot.armed = false;
         let inner = self.clone();
         let host = slot.host;
         tokio::spawn(async move {
-            if let Err(e) = task.await {
+            if let Ok(Err(e)) = task.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
             inner.release(host);
@@ -289,6 +373,7 @@ impl Inner {
     /// Closes the idle connections that have been idle longer than the timeout (dropping the
     /// last handle of a connection closes it; its task then frees its place).
     fn reap(&self) {
+        self.fcgi.reap();
         let now = Instant::now();
         let mut stale = Vec::new();
         for host in self.hosts().iter_mut() {
@@ -346,10 +431,20 @@ impl Inner {
     }
 }
 
-/// An upstream response body; gives its connection back to the pool when it ends.
+/// An upstream response body: an HTTP response's (giving its connection back to the pool when
+/// it ends), a FastCGI response's (as PHP-FPM writes it), or a static file's.
 pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+    kind: Kind,
+}
+
+enum Kind {
+    Http {
+        inner: Incoming,
+        lease: Option<Lease>,
+    },
+    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>),
+    File(super::body::FileBody),
+    Empty,
 }
 
 struct Lease {
@@ -359,25 +454,46 @@ struct Lease {
 }
 
 impl UpstreamBody {
-    fn new(
+    fn http(
         inner: Incoming,
         pool: Arc<Inner>,
         host: usize,
         conn: SendRequest<ProxyBody>,
     ) -> UpstreamBody {
         let mut body = UpstreamBody {
-            inner,
-            lease: Some(Lease { pool, host, conn }),
+            kind: Kind::Http {
+                inner,
+                lease: Some(Lease { pool, host, conn }),
+            },
         };
-        if body.inner.is_end_stream() {
+        if body.is_end_stream() {
             body.done();
         }
         body
     }
 
+    /// A body whose chunks arrive on `rx` (ended when the sender is dropped).
+    pub fn stream(rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>) -> UpstreamBody {
+        UpstreamBody {
+            kind: Kind::Stream(rx),
+        }
+    }
+
+    pub fn file(f: super::body::FileBody) -> UpstreamBody {
+        UpstreamBody {
+            kind: Kind::File(f),
+        }
+    }
+
+    pub fn empty() -> UpstreamBody {
+        UpstreamBody { kind: Kind::Empty }
+    }
+
     fn done(&mut self) {
-        if let Some(l) = self.lease.take() {
-            l.pool.give_back(l.host, l.conn);
+        if let Kind::Http { lease, .. } = &mut self.kind {
+            if let Some(l) = lease.take() {
+                l.pool.give_back(l.host, l.conn);
+            }
         }
     }
 }
@@ -386,9 +502,11 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // Dropped before its end: the connection is reusable only if hyper already read the
         // whole response; otherwise hyper closes it.
-        if let Some(l) = self.lease.take() {
-            if l.conn.is_ready() {
-                l.pool.give_back(l.host, l.conn);
+        if let Kind::Http { lease, .. } = &mut self.kind {
+            if let Some(l) = lease.take() {
+                if l.conn.is_ready() {
+                    l.pool.give_back(l.host, l.conn);
+                }
             }
         }
     }
@@ -396,28 +514,47 @@ impl Drop for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.done(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.done(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            Kind::Http { inner, lease } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => self.done(),
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => self.done(),
+                    Poll::Ready(Some(Err(_))) => *lease = None,
+                    _ => {}
+                }
+                polled.map(|f| f.map(|r| r.map_err(Into::into)))
+            }
+            Kind::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            Kind::File(f) => Pin::new(f)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            Kind::Empty => Poll::Ready(None),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Http { inner, .. } => inner.is_end_stream(),
+            Kind::Stream(_) => false,
+            Kind::File(f) => f.is_end_stream(),
+            Kind::Empty => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Http { inner, .. } => inner.size_hint(),
+            Kind::Stream(_) => SizeHint::default(),
+            Kind::File(f) => f.size_hint(),
+            Kind::Empty => SizeHint::with_exact(0),
+        }
     }
 }
 

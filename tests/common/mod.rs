@@ -641,3 +641,149 @@ impl Drop for TmuxSession {
             .output();
     }
 }
+
+/// A PHP-FPM of the tests' own (Debian's php8.2-fpm) serving `document_root`, with one pool on
+/// a Unix socket and one on TCP, sessions in `sessions`; stopped on drop.
+pub struct PhpFpm {
+    pub service: Service,
+    pub socket: std::path::PathBuf,
+    pub tcp: SocketAddr,
+    pub dir: std::path::PathBuf,
+}
+
+impl PhpFpm {
+    pub fn unix_url(&self) -> String {
+        format!("fastcgi+unix://{}", self.socket.display())
+    }
+    pub fn tcp_url(&self) -> String {
+        format!("fastcgi://{}", self.tcp)
+    }
+    /// What PHP-FPM logged (its workers' stderr included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("fpm.log")).unwrap_or_default()
+    }
+}
+
+pub const FPM_BIN: &str = "/usr/sbin/php-fpm8.2";
+
+/// Whether the tests run as root (PHP-FPM and nginx need telling then).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid(2) only reads the process's credentials.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts PHP-FPM with `ini` (`php_admin_value`s) on both pools.
+pub async fn php_fpm(name: &str, ini: &[(&str, String)]) -> PhpFpm {
+    if !std::path::Path::new(FPM_BIN).is_file() {
+        panic!("{FPM_BIN} is not installed; install it with: apt-get install php8.2-fpm (or run .ci/run, which installs everything the tests need)");
+    }
+    let dir = tempdir(&format!("fpm-{name}"));
+    let socket = dir.join("fpm.sock");
+    let tcp = dead_addr();
+    let mut values = String::new();
+    for (k, v) in ini {
+        values.push_str(&format!("php_admin_value[{k}] = {v}\n"));
+    }
+    let pool = |name: &str, listen: &str| {
+        format!(
+            "[{name}]\nlisten = {listen}\nlisten.mode = 0666\npm = static\npm.max_children = 4\nclear_env = no\ncatch_workers_output = yes\ndecorate_workers_output = no\nphp_admin_value[display_errors] = off\nphp_admin_value[log_errors] = on\n{values}"
+        )
+    };
+    let conf = format!(
+        "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n{}\n{}",
+        pool("unix", &socket.display().to_string()),
+        pool("tcp", &tcp.to_string()),
+        d = dir.display()
+    );
+    let conf_path = dir.join("fpm.conf");
+    std::fs::write(&conf_path, conf).expect("fpm.conf");
+    let mut cmd = std::process::Command::new(FPM_BIN);
+    if running_as_root() {
+        cmd.arg("--allow-to-run-as-root");
+    }
+    cmd.arg("--nodaemonize")
+        .arg("--fpm-config")
+        .arg(&conf_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = spawn_group(&mut cmd, "php-fpm");
+    let service = Service { child, addr: tcp };
+    wait_port(tcp, Duration::from_secs(10)).await;
+    let sock = socket.clone();
+    eventually(Duration::from_secs(10), "PHP-FPM's Unix socket", || {
+        let sock = sock.clone();
+        async move { tokio::net::UnixStream::connect(&sock).await.is_ok() }
+    })
+    .await;
+    PhpFpm {
+        service,
+        socket,
+        tcp,
+        dir,
+    }
+}
+
+/// nginx (Debian's nginx-light) serving `document_root` as a PHP site is set up: files as
+/// they are, `.php` scripts (with PATH_INFO) and everything else through the front controller,
+/// by `fastcgi_pass` to `fastcgi` (nginx's form: `unix:/path` or `host:port`).
+pub async fn nginx_fastcgi(name: &str, document_root: &std::path::Path, fastcgi: &str) -> Service {
+    let bin = require_tool("nginx", "apt-get install nginx-light");
+    let dir = tempdir(&format!("nginx-{name}"));
+    let addr = dead_addr();
+    let user = if running_as_root() {
+        "user root root;\n"
+    } else {
+        ""
+    };
+    let conf = format!(
+        r#"{user}daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  include /etc/nginx/mime.types;
+  client_body_temp_path {d}/body;
+  fastcgi_temp_path {d}/fastcgi;
+  proxy_temp_path {d}/proxy;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  client_max_body_size 16m;
+  upstream php {{ server {fastcgi}; keepalive 8; }}
+  server {{
+    listen {addr};
+    root {root};
+    index index.php;
+    location / {{ try_files $uri /index.php$is_args$args; }}
+    location ~ [^/]\.php(/|$) {{
+      fastcgi_split_path_info ^(.+?\.php)(/.*)$;
+      include /etc/nginx/fastcgi_params;
+      fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+      fastcgi_param PATH_INFO $fastcgi_path_info;
+      fastcgi_keep_conn on;
+      fastcgi_pass php;
+    }}
+  }}
+}}
+"#,
+        d = dir.display(),
+        root = document_root.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let conf_arg = conf_path.display().to_string();
+    let prefix = dir.display().to_string();
+    start_service(
+        &bin,
+        &["-p", &prefix, "-c", &conf_arg],
+        addr,
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// The PHP-FPM fixture application (a front controller over the legacy fixture app).
+pub fn fpm_app() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fpm-app")
+}

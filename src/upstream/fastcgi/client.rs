@@ -1,0 +1,522 @@
+//! The FastCGI exchange: a connection per request at a time, kept open between requests
+//! (`FCGI_KEEP_CONN`) under the same bounds as HTTP upstream connections, and driven by a task
+//! that writes the request (parameters, then the body as STDIN) while it reads the response:
+//! the CGI head is handed over as soon as it is complete, the body streamed as PHP writes it,
+//! PHP's STDERR logged, and END_REQUEST — sent by PHP-FPM after the request's shutdown, so
+//! after PHP has written its session — ends the body.
+
+use super::{
+    begin_request, encode_params, encode_record, encode_stream, end_status, head_end,
+    parse_cgi_head, Peers, ProtocolError, RecordReader, Target, END_REQUEST, PARAMS, STDERR, STDIN,
+    STDOUT,
+};
+use crate::upstream::body::{BoxError, FileBody, ProxyBody};
+use crate::upstream::pool::{Limits, UpstreamBody, UpstreamError};
+use crate::upstream::{Transport, UpstreamUrl};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// A connection to PHP-FPM, TCP or Unix.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A connection with its place among the upstream's `max_open`.
+struct Conn {
+    io: Box<dyn Io>,
+    place: Place,
+}
+
+/// A place among `max_open`; given back when the connection closes, and a waiting request told.
+struct Place {
+    permit: Option<OwnedSemaphorePermit>,
+    /// Weak: the host's idle list holds places.
+    host: std::sync::Weak<Host>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        // The permit first, so that the waiter woken finds it.
+        drop(self.permit.take());
+        if let Some(h) = self.host.upgrade() {
+            h.changed.notify_one();
+        }
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// One PHP-FPM pool's connections.
+struct Host {
+    permits: Arc<Semaphore>,
+    idle: Mutex<VecDeque<Idle>>,
+    /// A connection went idle or closed: what a request waiting for one waits on.
+    changed: tokio::sync::Notify,
+}
+
+/// Connections to PHP-FPM upstreams, per worker (as HTTP ones are).
+pub struct FcgiPool {
+    limits: Limits,
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Only one request runs on a connection at a time: its id is always 1.
+const REQUEST_ID: u16 = 1;
+
+impl FcgiPool {
+    pub fn new(limits: Limits) -> FcgiPool {
+        FcgiPool {
+            limits,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn host(&self, url: &UpstreamUrl) -> Arc<Host> {
+        lock(&self.hosts)
+            .entry(url.to_string())
+            .or_insert_with(|| {
+                Arc::new(Host {
+                    permits: Arc::new(Semaphore::new(self.limits.max_open.max(1))),
+                    idle: Mutex::new(VecDeque::new()),
+                    changed: tokio::sync::Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Closes connections idle longer than the idle timeout.
+    pub fn reap(&self) {
+        let now = Instant::now();
+        let hosts: Vec<Arc<Host>> = lock(&self.hosts).values().cloned().collect();
+        for h in hosts {
+            lock(&h.idle).retain(|i| now.duration_since(i.since) < self.limits.idle_timeout);
+        }
+    }
+
+    /// Connections open to `url` now, busy or idle.
+    pub fn open_to(&self, url: &UpstreamUrl) -> usize {
+        let h = self.host(url);
+        self.limits.max_open.max(1) - h.permits.available_permits()
+    }
+
+    async fn checkout(&self, url: &UpstreamUrl) -> Result<(Conn, Arc<Host>), UpstreamError> {
+        let host = self.host(url);
+        // An idle connection, else a new one while there is room, else wait until a
+        // connection goes idle or closes. Registered before looking, so no change is missed.
+        let permit = loop {
+            let changed = host.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            loop {
+                let idle = lock(&host.idle).pop_back();
+                match idle {
+                    Some(mut i) if now.duration_since(i.since) < self.limits.idle_timeout => {
+                        // PHP-FPM closes a kept connection when its worker is recycled: reuse
+                        // only one that is still open (it would fail at once otherwise).
+                        if still_open(&mut i.conn.io).await {
+                            return Ok((i.conn, host.clone()));
+                        }
+                    }
+                    Some(_) => {} // too old: dropped, closed
+                    None => break,
+                }
+            }
+            if let Ok(p) = host.permits.clone().try_acquire_owned() {
+                break p;
+            }
+            changed.await;
+        };
+        let connect_failed = |e: std::io::Error| UpstreamError::Connect {
+            authority: url.to_string(),
+            source: Box::new(e),
+        };
+        let io: Box<dyn Io> = match &url.transport {
+            Transport::Unix(path) => Box::new(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect_failed)?,
+            ),
+            Transport::Tcp => {
+                let s = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(url.authority.as_str()),
+                )
+                .await
+                .map_err(|_| connect_failed(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(connect_failed)?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+        };
+        Ok((
+            Conn {
+                io,
+                place: Place {
+                    permit: Some(permit),
+                    host: Arc::downgrade(&host),
+                },
+            },
+            host,
+        ))
+    }
+
+    /// Serves a request from the PHP application behind `url`: a static file from disk, or the
+    /// script's response from PHP-FPM.
+    pub async fn send(
+        &self,
+        url: &UpstreamUrl,
+        parts: http::request::Parts,
+        body: ProxyBody,
+        peers: Peers,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let app = url.fastcgi.clone().ok_or(UpstreamError::NoApplication)?;
+        let (script_name, filename, path_info) = match app.target(parts.uri.path()) {
+            Target::Forbidden => return Ok(plain(StatusCode::FORBIDDEN)),
+            Target::Static(path) => return static_file(&parts.method, &path).await,
+            Target::Script {
+                script_name,
+                filename,
+                path_info,
+            } => (script_name, filename, path_info),
+        };
+        let body_len = http_body::Body::size_hint(&body).exact();
+        let params = super::params(
+            &app,
+            &parts,
+            (&script_name, &filename, &path_info),
+            &peers,
+            body_len,
+        );
+        let mut head = BytesMut::new();
+        begin_request(&mut head, REQUEST_ID);
+        encode_stream(&mut head, PARAMS, REQUEST_ID, &encode_params(&params));
+        encode_record(&mut head, PARAMS, REQUEST_ID, b"");
+        let (conn, host) = self.checkout(url).await?;
+        let (head_tx, head_rx) = oneshot::channel();
+        let (chunk_tx, chunk_rx) = mpsc::channel(8);
+        tokio::spawn(drive(Drive {
+            conn,
+            host,
+            request: head.freeze(),
+            body,
+            head_tx,
+            chunk_tx,
+        }));
+        match head_rx.await {
+            Ok(Ok((status, headers))) => {
+                let mut resp = Response::new(UpstreamBody::stream(chunk_rx));
+                *resp.status_mut() = status;
+                *resp.headers_mut() = headers;
+                Ok(resp)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::FastCgi(ProtocolError::Closed)),
+        }
+    }
+}
+
+fn plain(status: StatusCode) -> Response<UpstreamBody> {
+    let mut r = Response::new(UpstreamBody::empty());
+    *r.status_mut() = status;
+    r
+}
+
+/// A file under the document root, as nginx serves it: GET and HEAD, its type by extension.
+async fn static_file(
+    method: &Method,
+    path: &std::path::Path,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(r);
+    }
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(plain(StatusCode::NOT_FOUND))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(plain(StatusCode::FORBIDDEN))
+        }
+        Err(e) => return Err(UpstreamError::Io(e)),
+    };
+    let meta = file.metadata().await.map_err(UpstreamError::Io)?;
+    let len = meta.len();
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let body = if method == Method::HEAD {
+        UpstreamBody::empty()
+    } else {
+        UpstreamBody::file(FileBody::new(file, len))
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(mime.essence_str()) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(modified) = meta.modified() {
+        if let Ok(v) = HeaderValue::from_str(&httpdate(modified)) {
+            h.insert(http::header::LAST_MODIFIED, v);
+        }
+    }
+    Ok(r)
+}
+
+/// An HTTP date (RFC 9110 §5.6.7).
+fn httpdate(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Whether an idle connection is still open: a read that would wait means it is; an end of
+/// stream (or stray bytes) means it is not to be used.
+async fn still_open(io: &mut Box<dyn Io>) -> bool {
+    let mut byte = [0u8; 1];
+    std::future::poll_fn(|cx| {
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        match std::pin::Pin::new(&mut **io).poll_read(cx, &mut buf) {
+            std::task::Poll::Pending => std::task::Poll::Ready(true),
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(false),
+        }
+    })
+    .await
+}
+
+type Head = (StatusCode, http::HeaderMap);
+
+struct Drive {
+    conn: Conn,
+    host: Arc<Host>,
+    request: Bytes,
+    body: ProxyBody,
+    head_tx: oneshot::Sender<Result<Head, UpstreamError>>,
+    chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
+}
+
+/// Writes the request and reads the response on one connection; gives the connection back to
+/// the pool when the request ended cleanly.
+async fn drive(d: Drive) {
+    let Conn { io, place } = d.conn;
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let request = d.request;
+    let body = d.body;
+    let write = async move {
+        wr.write_all(&request).await?;
+        let mut body = body;
+        let mut out = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(std::io::Error::other("the request body failed"));
+            };
+            if let Ok(data) = frame.into_data() {
+                out.clear();
+                encode_stream(&mut out, STDIN, REQUEST_ID, &data);
+                wr.write_all(&out).await?;
+            }
+        }
+        out.clear();
+        encode_record(&mut out, STDIN, REQUEST_ID, b"");
+        wr.write_all(&out).await?;
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    };
+    let mut head_tx = Some(d.head_tx);
+    let chunk_tx = d.chunk_tx;
+    let read = async {
+        let mut reader = RecordReader::default();
+        let mut head_buf = BytesMut::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut client_gone = false;
+        loop {
+            while let Some(rec) = reader.next_record().map_err(UpstreamError::FastCgi)? {
+                if rec.request_id != REQUEST_ID {
+                    continue;
+                }
+                match rec.kind {
+                    STDOUT if !rec.content.is_empty() => {
+                        if let Some(tx) = head_tx.take() {
+                            head_buf.extend_from_slice(&rec.content);
+                            match head_end(&head_buf).map_err(UpstreamError::FastCgi)? {
+                                Some(end) => {
+                                    let head = parse_cgi_head(&head_buf[..end])
+                                        .map_err(UpstreamError::FastCgi)?;
+                                    let _ = tx.send(Ok(head));
+                                    let rest = head_buf.split_off(end).freeze();
+                                    if !rest.is_empty() && !client_gone {
+                                        client_gone = chunk_tx.send(Ok(rest)).await.is_err();
+                                    }
+                                }
+                                None => head_tx = Some(tx),
+                            }
+                        } else if !client_gone {
+                            client_gone = chunk_tx.send(Ok(rec.content)).await.is_err();
+                        }
+                    }
+                    STDERR if !rec.content.is_empty() => {
+                        let text = String::from_utf8_lossy(&rec.content);
+                        tracing::warn!(target: "cutover::php", stderr = %text.trim_end(), "PHP-FPM stderr");
+                    }
+                    END_REQUEST => {
+                        let status = end_status(&rec.content).map_err(UpstreamError::FastCgi)?;
+                        if status != 0 {
+                            return Err(UpstreamError::FastCgi(ProtocolError::Refused(status)));
+                        }
+                        if let Some(tx) = head_tx.take() {
+                            // Output without a blank line: all of it is the head.
+                            let head = parse_cgi_head(&head_buf).map_err(UpstreamError::FastCgi)?;
+                            let _ = tx.send(Ok(head));
+                        }
+                        // Reusable only if nothing follows the request's records.
+                        return Ok(reader.pending() == 0 && !client_gone);
+                    }
+                    _ => {}
+                }
+            }
+            let n = rd.read(&mut buf).await.map_err(UpstreamError::Io)?;
+            if n == 0 {
+                return Err(UpstreamError::FastCgi(ProtocolError::Closed));
+            }
+            reader.feed(&buf[..n]);
+        }
+    };
+    // PHP may answer (and end the request) without reading all of the body: the response
+    // does not wait for the write, and a connection whose write did not finish is not reused.
+    let (written, read) = {
+        let mut write = std::pin::pin!(write);
+        let mut read = std::pin::pin!(read);
+        let mut written = None;
+        let read = loop {
+            tokio::select! {
+                biased;
+                w = &mut write, if written.is_none() => written = Some(w),
+                r = &mut read => break r,
+            }
+        };
+        (written, read)
+    };
+    let written = written.unwrap_or_else(|| {
+        Err(std::io::Error::other(
+            "PHP ended the request before reading its body",
+        ))
+    });
+    match (written, read) {
+        (Ok(wr), Ok(reusable)) => {
+            drop(chunk_tx);
+            if reusable {
+                let io = rd.unsplit(wr);
+                lock(&d.host.idle).push_back(Idle {
+                    conn: Conn { io, place },
+                    since: Instant::now(),
+                });
+                d.host.changed.notify_one();
+            }
+        }
+        (written, read) => {
+            let e = match (written, read) {
+                (_, Err(e)) => e,
+                // The response is complete: the connection is just not kept.
+                (Err(_), Ok(_)) => return,
+                (Ok(_), Ok(_)) => UpstreamError::FastCgi(ProtocolError::Closed),
+            };
+            match head_tx.take() {
+                Some(tx) => {
+                    let _ = tx.send(Err(e));
+                }
+                // Mid-body: the client sees the response cut short, as with an HTTP upstream.
+                None => {
+                    let _ = chunk_tx.send(Err(Box::new(e))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Asks PHP-FPM for its limits (`FCGI_GET_VALUES`, a management record no script runs for):
+/// proof that a FastCGI server listens there.
+pub async fn probe(url: &UpstreamUrl) -> Result<String, UpstreamError> {
+    let pool = FcgiPool::new(Limits {
+        max_open: 1,
+        idle_timeout: Duration::from_secs(1),
+    });
+    let (conn, _) = pool.checkout(url).await?;
+    let mut io = conn.io;
+    let mut out = BytesMut::new();
+    encode_record(
+        &mut out,
+        super::GET_VALUES,
+        0,
+        &encode_params(&[
+            ("FCGI_MAX_CONNS".into(), Vec::new()),
+            ("FCGI_MPXS_CONNS".into(), Vec::new()),
+        ]),
+    );
+    io.write_all(&out).await.map_err(UpstreamError::Io)?;
+    let mut reader = RecordReader::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(rec) = reader.next_record().map_err(UpstreamError::FastCgi)? {
+            if rec.kind == super::GET_VALUES_RESULT {
+                let values = super::decode_params(&rec.content).unwrap_or_default();
+                let max = values
+                    .iter()
+                    .find(|(k, _)| k == "FCGI_MAX_CONNS")
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                return Ok(match max {
+                    Some(m) => format!("FastCGI server, FCGI_MAX_CONNS {m}"),
+                    None => "FastCGI server".into(),
+                });
+            }
+            continue;
+        }
+        let n = io.read(&mut buf).await.map_err(UpstreamError::Io)?;
+        if n == 0 {
+            return Err(UpstreamError::FastCgi(ProtocolError::Closed));
+        }
+        reader.feed(&buf[..n]);
+    }
+}
