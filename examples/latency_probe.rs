@@ -6,8 +6,9 @@
 //!
 //! `cargo run --release --example latency_probe -- <http://host:port/path> <seconds> <out file>`
 //!
-//! Prints `<requests per second> <p50 ms> <p99 ms>` for this run. A response must carry
-//! Content-Length (the bench's origin does); anything else ends the probe with an error.
+//! Prints `<requests per second> <p50 ms> <p99 ms>` for this run. A response is read by its
+//! Content-Length or its chunked encoding (PHP's answers through FastCGI are chunked); anything
+//! else ends the probe with an error.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -46,6 +47,7 @@ fn main() -> Result<(), String> {
             .write_all(request.as_bytes())
             .map_err(|e| format!("write: {e}"))?;
         let mut content_length = None;
+        let mut chunked = false;
         let mut first = true;
         loop {
             line.clear();
@@ -68,13 +70,22 @@ fn main() -> Result<(), String> {
                 if name.eq_ignore_ascii_case("content-length") {
                     content_length = value.trim().parse::<usize>().ok();
                 }
+                if name.eq_ignore_ascii_case("transfer-encoding")
+                    && value.trim().eq_ignore_ascii_case("chunked")
+                {
+                    chunked = true;
+                }
             }
         }
-        let len = content_length.ok_or("response without Content-Length")?;
-        body.resize(len, 0);
-        reader
-            .read_exact(&mut body)
-            .map_err(|e| format!("read body: {e}"))?;
+        if chunked {
+            read_chunked(&mut reader, &mut line, &mut body)?;
+        } else {
+            let len = content_length.ok_or("response without Content-Length or chunks")?;
+            body.resize(len, 0);
+            reader
+                .read_exact(&mut body)
+                .map_err(|e| format!("read body: {e}"))?;
+        }
         latencies.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -103,4 +114,36 @@ fn main() -> Result<(), String> {
         pct(0.99)
     );
     Ok(())
+}
+
+/// Reads a chunked body to its last chunk (trailers, if any, to the blank line).
+fn read_chunked(
+    reader: &mut BufReader<TcpStream>,
+    line: &mut String,
+    body: &mut Vec<u8>,
+) -> Result<(), String> {
+    loop {
+        line.clear();
+        reader
+            .read_line(line)
+            .map_err(|e| format!("read chunk size: {e}"))?;
+        let size = line.trim().split(';').next().unwrap_or("");
+        let size =
+            usize::from_str_radix(size, 16).map_err(|e| format!("chunk size {line:?}: {e}"))?;
+        if size == 0 {
+            loop {
+                line.clear();
+                let n = reader
+                    .read_line(line)
+                    .map_err(|e| format!("read trailer: {e}"))?;
+                if n == 0 || line == "\r\n" {
+                    return Ok(());
+                }
+            }
+        }
+        body.resize(size + 2, 0);
+        reader
+            .read_exact(body)
+            .map_err(|e| format!("read chunk: {e}"))?;
+    }
 }

@@ -161,6 +161,11 @@ pub struct FastCgiSection {
     /// The front controller: paths that are neither a .php file nor a file run it.
     #[serde(default = "default_index")]
     pub index: Spanned<String>,
+    /// Connections kept open to PHP-FPM between requests, per proxy (`FCGI_KEEP_CONN`). PHP-FPM
+    /// gives each kept connection a worker of its own until it closes, so this must stay
+    /// under the pool's `pm.max_children`; 0 opens a connection per request (nginx's default).
+    #[serde(default)]
+    pub keep_connections: usize,
 }
 
 fn default_index() -> Spanned<String> {
@@ -749,6 +754,8 @@ impl Config {
         let app = Arc::new(FastCgiApp {
             document_root: self.resolve(f.document_root.get_ref()),
             index: f.index.get_ref().trim_start_matches('/').to_string(),
+            // Each worker keeps its share (rounded up: at least one each when asked for).
+            keep_connections: f.keep_connections.div_ceil(self.workers()),
         });
         let legacy = self.upstreams.legacy.get_mut();
         if legacy.protocol == Protocol::FastCgi {

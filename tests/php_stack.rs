@@ -226,11 +226,12 @@ async fn php_fpm_answers_as_through_nginx_fastcgi_pass() {
 }
 
 #[tokio::test]
-async fn fastcgi_connections_are_reused_and_bounded() {
+async fn fastcgi_connections_are_kept_when_asked_and_bounded() {
+    // PHP-FPM here has 4 workers per pool; 2 kept connections leave it room.
     let fpm = php_fpm("reuse", &[]).await;
     let config = fastcgi_config(&fpm.tcp_url(), &format!("http://{}", dead_addr())).replace(
-        "[upstreams.fastcgi]",
-        "max_connections = 2\n[upstreams.fastcgi]",
+        "index = \"index.php\"",
+        "index = \"index.php\"\nkeep_connections = 2",
     );
     let proxy = cutover(&config).await;
     // 40 requests, 8 at a time, through at most 2 connections: every answer right.
@@ -250,12 +251,42 @@ async fn fastcgi_connections_are_reused_and_bounded() {
     for t in tasks {
         assert_eq!(t.await.expect("task").status, 200);
     }
-    // Kept open for the next request (FCGI_KEEP_CONN), never more than max_connections.
+    // Kept open for the next request (FCGI_KEEP_CONN), never more than keep_connections.
     let open = established_to(fpm.tcp);
     assert!(
         (1..=2).contains(&open),
         "1 or 2 connections to PHP-FPM kept open, found {open}"
     );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_kept_connections_more_requests_than_php_workers_all_finish() {
+    // 16 slow requests at once against 4 PHP-FPM workers: a connection each, queued by
+    // PHP-FPM, none pinned; nothing is left open afterwards.
+    let fpm = php_fpm("no-keep", &[]).await;
+    let proxy = cutover(&fastcgi_config(
+        &fpm.tcp_url(),
+        &format!("http://{}", dead_addr()),
+    ))
+    .await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = proxy.proxy_addr;
+            tokio::spawn(async move { get(addr, "/slow?ms=100", &[]).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, 200);
+        assert_eq!(String::from_utf8_lossy(&r.body), "late\n");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "no connection left open",
+        || async { established_to(fpm.tcp) == 0 },
+    )
+    .await;
     proxy.shutdown().await;
 }
 

@@ -75,6 +75,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
+/// Room made in the read buffer before each read from PHP-FPM.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Only one request runs on a connection at a time: its id is always 1.
 const REQUEST_ID: u16 = 1;
 
@@ -91,12 +94,23 @@ impl FcgiPool {
             .entry(url.to_string())
             .or_insert_with(|| {
                 Arc::new(Host {
-                    permits: Arc::new(Semaphore::new(self.limits.max_open.max(1))),
+                    permits: Arc::new(Semaphore::new(self.open_limit(url))),
                     idle: Mutex::new(VecDeque::new()),
                     changed: tokio::sync::Notify::new(),
                 })
             })
             .clone()
+    }
+
+    /// Connections open to `url` at once: with kept connections no more than are kept (each
+    /// holds a PHP-FPM worker; one more would wait for a worker that never frees), else the
+    /// pool's bound.
+    fn open_limit(&self, url: &UpstreamUrl) -> usize {
+        let keep = url.fastcgi.as_ref().map_or(0, |a| a.keep_connections);
+        match keep {
+            0 => self.limits.max_open.max(1),
+            k => k.min(self.limits.max_open).max(1),
+        }
     }
 
     /// Closes connections idle longer than the idle timeout.
@@ -111,7 +125,7 @@ impl FcgiPool {
     /// Connections open to `url` now, busy or idle.
     pub fn open_to(&self, url: &UpstreamUrl) -> usize {
         let h = self.host(url);
-        self.limits.max_open.max(1) - h.permits.available_permits()
+        self.open_limit(url) - h.permits.available_permits()
     }
 
     async fn checkout(&self, url: &UpstreamUrl) -> Result<(Conn, Arc<Host>), UpstreamError> {
@@ -203,8 +217,9 @@ impl FcgiPool {
             &peers,
             body_len,
         );
+        let keep = app.keep_connections > 0;
         let mut head = BytesMut::new();
-        begin_request(&mut head, REQUEST_ID);
+        begin_request(&mut head, REQUEST_ID, keep);
         encode_stream(&mut head, PARAMS, REQUEST_ID, &encode_params(&params));
         encode_record(&mut head, PARAMS, REQUEST_ID, b"");
         let (conn, host) = self.checkout(url).await?;
@@ -213,6 +228,7 @@ impl FcgiPool {
         tokio::spawn(drive(Drive {
             conn,
             host,
+            keep,
             request: head.freeze(),
             body,
             head_tx,
@@ -332,6 +348,8 @@ type Head = (StatusCode, http::HeaderMap);
 struct Drive {
     conn: Conn,
     host: Arc<Host>,
+    /// The connection was asked to stay open (and may go back to the pool).
+    keep: bool,
     request: Bytes,
     body: ProxyBody,
     head_tx: oneshot::Sender<Result<Head, UpstreamError>>,
@@ -343,10 +361,22 @@ struct Drive {
 async fn drive(d: Drive) {
     let Conn { io, place } = d.conn;
     let (mut rd, mut wr) = tokio::io::split(io);
-    let request = d.request;
     let body = d.body;
+    // Without a body (most requests), the request and its end of STDIN go out in one write.
+    let bodiless = http_body::Body::is_end_stream(&body);
+    let request = if bodiless {
+        let mut r = BytesMut::from(&d.request[..]);
+        encode_record(&mut r, STDIN, REQUEST_ID, b"");
+        r.freeze()
+    } else {
+        d.request
+    };
     let write = async move {
         wr.write_all(&request).await?;
+        if bodiless {
+            wr.flush().await?;
+            return Ok(wr);
+        }
         let mut body = body;
         let mut out = BytesMut::new();
         while let Some(frame) = body.frame().await {
@@ -370,7 +400,6 @@ async fn drive(d: Drive) {
     let read = async {
         let mut reader = RecordReader::default();
         let mut head_buf = BytesMut::new();
-        let mut buf = vec![0u8; 32 * 1024];
         let mut client_gone = false;
         loop {
             while let Some(rec) = reader.next_record().map_err(UpstreamError::FastCgi)? {
@@ -417,11 +446,14 @@ async fn drive(d: Drive) {
                     _ => {}
                 }
             }
-            let n = rd.read(&mut buf).await.map_err(UpstreamError::Io)?;
+            // Straight into the reader's buffer: no copy, no zeroed scratch buffer.
+            let n = rd
+                .read_buf(reader.buffer(READ_CHUNK))
+                .await
+                .map_err(UpstreamError::Io)?;
             if n == 0 {
                 return Err(UpstreamError::FastCgi(ProtocolError::Closed));
             }
-            reader.feed(&buf[..n]);
         }
     };
     // PHP may answer (and end the request) without reading all of the body: the response
@@ -447,7 +479,7 @@ async fn drive(d: Drive) {
     match (written, read) {
         (Ok(wr), Ok(reusable)) => {
             drop(chunk_tx);
-            if reusable {
+            if reusable && d.keep {
                 let io = rd.unsplit(wr);
                 lock(&d.host.idle).push_back(Idle {
                     conn: Conn { io, place },

@@ -91,6 +91,12 @@ impl RecordReader {
         }))
     }
 
+    /// The buffer to read into, with room for at least `room` more bytes.
+    pub fn buffer(&mut self, room: usize) -> &mut BytesMut {
+        self.buf.reserve(room);
+        &mut self.buf
+    }
+
     /// Bytes read but not yet part of a record.
     pub fn pending(&self) -> usize {
         self.buf.len()
@@ -162,11 +168,11 @@ pub fn decode_params(mut b: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
     Some(out)
 }
 
-/// BEGIN_REQUEST for a responder that keeps the connection open.
-pub fn begin_request(out: &mut BytesMut, request_id: u16) {
+/// BEGIN_REQUEST for a responder; `keep`: PHP-FPM keeps the connection open after it.
+pub fn begin_request(out: &mut BytesMut, request_id: u16, keep: bool) {
     let mut body = [0u8; 8];
     body[..2].copy_from_slice(&RESPONDER.to_be_bytes());
-    body[2] = KEEP_CONN;
+    body[2] = if keep { KEEP_CONN } else { 0 };
     encode_record(out, BEGIN_REQUEST, request_id, &body);
 }
 
@@ -242,6 +248,9 @@ pub struct FastCgiApp {
     pub document_root: PathBuf,
     /// The front controller: paths that are not a .php file (nor a static file) run it.
     pub index: String,
+    /// Connections kept open between requests (`FCGI_KEEP_CONN`) by each proxy worker; 0: a
+    /// connection per request. A kept connection holds a PHP-FPM worker for itself.
+    pub keep_connections: usize,
 }
 
 /// What a request path is, under the document root.
@@ -521,6 +530,7 @@ mod tests {
         std::fs::write(root.join("css/app.css"), "body{}").expect("file");
         std::fs::write(root.join("index.php"), "<?php").expect("file");
         let app = FastCgiApp {
+            keep_connections: 0,
             document_root: root.clone(),
             index: "index.php".into(),
         };
