@@ -114,6 +114,8 @@ pub enum SetupError {
     Tls(#[from] crate::upstream::TlsError),
     #[error("samples.jsonl_path: {0}")]
     Sink(#[from] crate::samples::SinkError),
+    #[error("record.path: {0}")]
+    Record(crate::samples::SinkError),
     #[error("samples: {0}")]
     Redact(#[from] crate::samples::RedactError),
     #[error("state: {0}")]
@@ -178,6 +180,22 @@ impl App {
         let session = crate::session::Resolver::start(&config.session, &metrics)
             .await?
             .map(Arc::new);
+        let recorder = match &config.record {
+            Some(r) => Some(
+                crate::record::Recorder::start(
+                    config.resolve(r.path.get_ref()),
+                    *r.sample.get_ref(),
+                    r.max_bytes,
+                    crate::record::Redaction {
+                        redactor: config.samples.redactor()?,
+                        cookie: config.session.cookie.clone(),
+                    },
+                    &metrics,
+                )
+                .map_err(SetupError::Record)?,
+            ),
+            None => None,
+        };
         let mirror = Arc::new(Mirror::new(MirrorParts {
             concurrency: *config.mirror.concurrency.get_ref(),
             queue: config.mirror.queue,
@@ -194,6 +212,7 @@ impl App {
             settings: mirror_settings(&config)?,
             sink,
             session: session.clone(),
+            recorder,
         }));
         pool.start_reaper();
         Ok(App {

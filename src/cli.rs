@@ -157,11 +157,74 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         from_nginx: PathBuf,
     },
+    /// Replay recorded traffic ([record]) against a candidate build and judge every route as
+    /// `cutover gate` does: exit 0 when every route passes, 1 when one fails, 2 on an error.
+    /// Session headers are signed with the secret in CUTOVER_SESSION_SECRET.
+    Replay {
+        /// The candidate's base URL: http://, https:// or http+unix://.
+        #[arg(long, value_name = "URL")]
+        candidate: String,
+        /// The proxy's config: each route's rules, the [session] rules, [gate] thresholds,
+        /// body limits and candidate timeouts (default: built-in rules and gate defaults).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A rules file applied after the config's (or the built-in) rules; repeatable.
+        #[arg(long = "rules", value_name = "FILE")]
+        rules: Vec<PathBuf>,
+        /// Comparisons a route needs before it can pass (default: every recorded exchange of
+        /// the route).
+        #[arg(long, value_name = "N")]
+        min_samples: Option<u64>,
+        /// Requests in flight to the candidate at once.
+        #[arg(long, value_name = "N", default_value_t = 16)]
+        concurrency: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Recording files (JSON lines, or .jsonl.gz).
+        #[arg(required = true, value_name = "RECORDING")]
+        recordings: Vec<PathBuf>,
+    },
     /// PHP session tools.
     Session {
         #[command(subcommand)]
         command: SessionCommand,
     },
+}
+
+fn replay_cmd(args: crate::replay::ReplayArgs, json: bool) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(cutover_session::php::STACK_BYTES)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cutover: cannot start the runtime: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    match rt.block_on(crate::replay::run(&args)) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", crate::replay::render_text(&report));
+            }
+            if report.passing {
+                EXIT_OK
+            } else {
+                EXIT_CHECK_FAILED
+            }
+        }
+        Err(e) => {
+            eprintln!("cutover replay: {e}");
+            EXIT_RUNTIME
+        }
+    }
 }
 
 fn init_cmd(path: &std::path::Path) -> u8 {
@@ -681,6 +744,25 @@ pub fn run(cli: Cli) -> u8 {
             token_env,
         )),
         Command::Init { from_nginx } => init_cmd(&from_nginx),
+        Command::Replay {
+            candidate,
+            config,
+            rules,
+            min_samples,
+            concurrency,
+            json,
+            recordings,
+        } => replay_cmd(
+            crate::replay::ReplayArgs {
+                candidate,
+                config,
+                rules,
+                min_samples,
+                concurrency,
+                recordings,
+            },
+            json,
+        ),
         Command::Diff {
             rules,
             no_builtin,

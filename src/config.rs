@@ -541,6 +541,26 @@ impl Samples {
     }
 }
 
+/// `[record]`: a share of the mirrored exchanges written to a JSONL file, for `cutover replay`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub path: Spanned<String>,
+    /// Share of mirrored requests recorded, sticky per session.
+    #[serde(default = "default_record_sample")]
+    pub sample: Spanned<f64>,
+    /// The file is rotated to `<path>.1` past this size.
+    #[serde(default = "default_record_max")]
+    pub max_bytes: u64,
+}
+
+fn default_record_sample() -> Spanned<f64> {
+    Spanned::new(0..0, 0.01)
+}
+fn default_record_max() -> u64 {
+    1 << 30
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Gate {
@@ -709,6 +729,8 @@ pub struct Config {
     #[serde(default)]
     pub state: Option<State>,
     #[serde(default)]
+    pub record: Option<Record>,
+    #[serde(default)]
     pub admin: Admin,
     #[serde(default, rename = "route")]
     pub routes: Vec<Route>,
@@ -852,6 +874,12 @@ impl Config {
             }
         }
         check_fraction(self, text, &self.defaults.sample, "defaults.sample")?;
+        if let Some(r) = &self.record {
+            if r.path.get_ref().is_empty() {
+                return err(r.path.span(), "record.path", "must name a file".into());
+            }
+            check_fraction(self, text, &r.sample, "record.sample")?;
+        }
         check_rules(self, text, &self.defaults.rules, "defaults.rules")?;
         let mut seen = BTreeMap::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -1025,6 +1053,14 @@ impl Config {
 
     /// The compiled rules of a route: the built-in ones, the defaults' list, then `route_rules`.
     pub fn rules_for(&self, route_rules: &[Spanned<String>]) -> Result<Rules, ConfigError> {
+        Ok(Rules::compile(&self.rule_sets_for(route_rules)?))
+    }
+
+    /// The rule sets a route's rules are compiled from, in order.
+    pub fn rule_sets_for(
+        &self,
+        route_rules: &[Spanned<String>],
+    ) -> Result<Vec<Arc<RuleSet>>, ConfigError> {
         let mut sets = Vec::new();
         if self.defaults.builtin_rules {
             sets.push(Arc::new(RuleSet::builtin()?));
@@ -1032,7 +1068,7 @@ impl Config {
         for r in self.defaults.rules.iter().chain(route_rules.iter()) {
             sets.push(Arc::new(RuleSet::load(&self.resolve(r.get_ref()))?));
         }
-        Ok(Rules::compile(&sets))
+        Ok(sets)
     }
 
     /// What automatic route labels get: the defaults, with the defaults' rules.

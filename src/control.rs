@@ -391,6 +391,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.state != new.state {
         restart.push("[state]");
     }
+    if old.record != new.record {
+        restart.push("[record]");
+    }
     if old.defaults.max_routes.get_ref() != new.defaults.max_routes.get_ref() {
         restart.push("defaults.max_routes");
     }

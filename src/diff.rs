@@ -409,8 +409,10 @@ pub fn diff_bodies(
     out.len() == before
 }
 
-/// The session a side left after a request, in the JSON form of PHP sessions.
-#[derive(Debug, Clone, PartialEq)]
+/// The session a side left after a request, in the JSON form of PHP sessions (in a recording:
+/// `{"kind": "none"}` or `{"kind": "session", "regenerated": …, "data": …}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SessionAfter {
     /// No session: none was started, or it was destroyed.
     None,

@@ -218,6 +218,45 @@ pub fn verdict(e: Evidence, t: &Thresholds) -> Verdict {
     }
 }
 
+/// The verdict on a replayed recording. The recorded exchanges are the whole population, not
+/// a sample of live traffic, so no confidence bound is put on them: a route passes when it has
+/// `min_samples` comparisons and its observed failure rate is at most `max_mismatch_rate`.
+pub fn replay_verdict(e: Evidence, t: &Thresholds) -> Verdict {
+    let rate = if e.samples == 0 {
+        0.0
+    } else {
+        e.failures as f64 / e.samples as f64
+    };
+    let pct = |x: f64| format!("{:.2}%", x * 100.0);
+    let (passing, reason) = if e.samples < t.min_samples {
+        (
+            false,
+            format!("{} of {} comparisons needed", e.samples, t.min_samples),
+        )
+    } else if e.samples == 0 || rate > t.max_mismatch_rate {
+        (
+            false,
+            format!(
+                "{} > {} ({} mismatches, {} candidate errors in {} comparisons)",
+                pct(rate),
+                pct(t.max_mismatch_rate),
+                e.failures.saturating_sub(e.errors),
+                e.errors,
+                e.samples
+            ),
+        )
+    } else {
+        (true, "passing".to_string())
+    };
+    Verdict {
+        passing,
+        reason,
+        rate,
+        upper_bound: rate,
+        more_clean_samples: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +427,47 @@ mod tests {
             v.reason
         );
         assert!(v.more_clean_samples > 20_000);
+    }
+
+    #[test]
+    fn a_replay_is_judged_on_its_own_counts() {
+        let t = Thresholds {
+            min_samples: 100,
+            ..DEFAULTS
+        };
+        let v = |samples, failures| {
+            replay_verdict(
+                Evidence {
+                    samples,
+                    failures,
+                    errors: 0,
+                },
+                &t,
+            )
+        };
+        assert!(v(100, 0).passing);
+        assert!(!v(100, 1).passing, "1% is over 0.1%");
+        assert!(!v(99, 0).passing);
+        assert!(v(99, 0).reason.contains("99 of 100"));
+        assert!(replay_verdict(
+            Evidence::default(),
+            &Thresholds {
+                min_samples: 0,
+                ..DEFAULTS
+            }
+        )
+        .reason
+        .contains("0 mismatches"));
+        assert!(
+            replay_verdict(
+                Evidence {
+                    samples: 2000,
+                    failures: 2,
+                    errors: 0
+                },
+                &t
+            )
+            .passing
+        );
     }
 }

@@ -18,7 +18,7 @@
 //! - [`route`] — patterns, labels, the route table; [`upstream`] — addresses, the pool,
 //!   bodies, forwarded headers; [`fleet`] — the shared state store; [`access`] — the access log.
 //! - [`stats`] — counters, windows, Prometheus; [`samples`] — redacted mismatch samples;
-//!   [`noise`] — noise learned from a twin; [`normalize`] — rules and content decoding;
+//!   [`record`] — recordings of exchanges for replay; [`noise`] — noise learned from a twin; [`normalize`] — rules and content decoding;
 //!   [`diff`] — the comparison; [`gate`] — the verdict; [`config`] and [`located`] — the
 //!   config file and its located errors; [`mode`] — a route's mode; [`aws`] — the AWS SDK config.
 //!
@@ -47,6 +47,8 @@ pub mod noise;
 pub mod normalize;
 pub mod probe;
 pub mod proxy;
+pub mod record;
+pub mod replay;
 pub mod route;
 pub mod runtime;
 pub mod samples;

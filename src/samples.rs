@@ -225,7 +225,8 @@ impl Redactor {
         })
     }
 
-    fn header_redacted(&self, name: &str) -> bool {
+    /// Whether a header's values are redacted (credential-like, configured, or cutover's own).
+    pub fn header_redacted(&self, name: &str) -> bool {
         self.headers.iter().any(|h| h == name) || name.starts_with("x-cutover-")
     }
 

@@ -168,6 +168,9 @@ pub struct Metrics {
     /// WebSocket handshakes by route, upstream and outcome; tunnels open now.
     pub websockets: IntCounterVec,
     pub websockets_open: prometheus::IntGauge,
+    /// Exchanges handed to the `[record]` file (`recorded`) or dropped because its writer was
+    /// behind (`dropped`).
+    pub recorded: IntCounterVec,
     dropped: [IntCounter; 6],
     rejected: [IntCounter; 8],
     /// How many shards each route's statistics have ([`shards_for`] the workers).
@@ -281,10 +284,18 @@ impl Metrics {
         )?;
         let websockets_open =
             prometheus::IntGauge::new("cutover_websockets_open", "WebSocket tunnels open now.")?;
+        let recorded = IntCounterVec::new(
+            Opts::new(
+                "cutover_recorded_exchanges_total",
+                "Exchanges written to the [record] file (outcome recorded), or dropped because its writer was behind (dropped).",
+            ),
+            &["outcome"],
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(websockets.clone()),
             Box::new(websockets_open.clone()),
+            Box::new(recorded.clone()),
             Box::new(comparisons.clone()),
             Box::new(mismatch_ratio.clone()),
             Box::new(upstream_duration.clone()),
@@ -324,6 +335,7 @@ impl Metrics {
             mirror_buffered_bytes,
             websockets,
             websockets_open,
+            recorded,
             dropped,
             rejected,
             shards: 1,

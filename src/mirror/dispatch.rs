@@ -1,4 +1,4 @@
-//! The bounded dispatcher: a slot for every mirror in flight or queued, `concurrency` of them
+//! Which requests are mirrored ([`sampled`], sticky per session) and the bounded dispatcher: a slot for every mirror in flight or queued, `concurrency` of them
 //! calling the candidate at once; none free means the mirror is dropped and counted, never
 //! buffered without limit.
 
@@ -72,6 +72,37 @@ impl Dispatcher {
     }
 }
 
+/// Whether this request is in the sample: sticky per session cookie (a hash of its value, the
+/// same on every proxy of a fleet), random without one.
+pub fn sampled(rate: f64, session: Option<&str>) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    if rate <= 0.0 {
+        return false;
+    }
+    let x = match session {
+        Some(id) => {
+            // FNV-1a: stable across processes and versions, unlike std's hasher.
+            let mut h: u64 = 0xcbf29ce484222325;
+            for b in id.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            // FNV's high bits barely move when only the last bytes differ (session ids that
+            // share a prefix): mix them (MurmurHash3's finaliser) before taking a fraction.
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xff51afd7ed558ccd);
+            h ^= h >> 33;
+            h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
+            h ^= h >> 33;
+            (h >> 11) as f64 / (1u64 << 53) as f64
+        }
+        None => fastrand::f64(),
+    };
+    x < rate
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +147,23 @@ mod tests {
             .unwrap_or(0);
         assert!(got <= 5, "{got} slots taken at once");
         assert_eq!(d.in_flight(), 0);
+    }
+    #[test]
+    fn sticky_sampling_is_spread_and_stable() {
+        let ids: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
+        let share = ids
+            .iter()
+            .filter(|id| super::sampled(0.3, Some(id)))
+            .count() as f64
+            / 2000.0;
+        assert!((0.25..0.35).contains(&share), "{share}");
+        for id in &ids {
+            assert_eq!(super::sampled(0.3, Some(id)), super::sampled(0.3, Some(id)));
+        }
+        // Nested shares: a session in the 10% sample is in the 30% sample too.
+        assert!(ids
+            .iter()
+            .filter(|id| super::sampled(0.1, Some(id)))
+            .all(|id| super::sampled(0.3, Some(id))));
     }
 }

@@ -56,7 +56,7 @@ pub enum EffectsError {
 
 /// A declaration the candidate sent that cannot be read.
 #[derive(Debug, thiserror::Error)]
-enum DeclarationError {
+pub enum DeclarationError {
     #[error("{WRITE_HEADER} is not text")]
     NotText,
     #[error("{0}")]
@@ -68,21 +68,35 @@ fn candidate_after(
     request: &ShadowRequest,
     declared: Option<&HeaderValue>,
 ) -> Result<SessionAfter, DeclarationError> {
-    let before = || match &request.session {
-        Some(s) => SessionAfter::Session {
-            regenerated: false,
-            data: s.data.clone(),
-        },
-        None => SessionAfter::None,
-    };
+    declared_after(
+        request.session.as_ref().map(|s| &s.data),
+        request.session_id.as_deref(),
+        declared,
+    )
+}
+
+/// The session a candidate leaves by its declaration (`x-cutover-session-write`), given the
+/// session it was handed (`before`, its data) and the request's session id; no declaration
+/// leaves the session as it was found.
+pub fn declared_after(
+    before: Option<&serde_json::Value>,
+    session_id: Option<&str>,
+    declared: Option<&HeaderValue>,
+) -> Result<SessionAfter, DeclarationError> {
     let Some(h) = declared else {
-        return Ok(before());
+        return Ok(match before {
+            Some(data) => SessionAfter::Session {
+                regenerated: false,
+                data: data.clone(),
+            },
+            None => SessionAfter::None,
+        });
     };
     let text = h.to_str().map_err(|_| DeclarationError::NotText)?;
     match SessionWrite::parse(text)? {
         SessionWrite::Destroy => Ok(SessionAfter::None),
         SessionWrite::Set { id, data } => Ok(SessionAfter::Session {
-            regenerated: match (&id, &request.session_id) {
+            regenerated: match (id.as_deref(), session_id) {
                 (Some(new), Some(old)) => new != old,
                 (Some(_), None) => true,
                 // Keeping "the request's" id when the request had none is a new session.

@@ -57,6 +57,8 @@ pub struct Mirror {
     session: Option<Arc<crate::session::Resolver>>,
     /// Requests of a session that arrive while an exchange waits to read it.
     pub races: Arc<races::SessionRaces>,
+    /// `[record]`: a share of the exchanges written for `cutover replay`.
+    recorder: Option<crate::record::Recorder>,
 }
 
 /// How the mirror is set up.
@@ -71,6 +73,7 @@ pub struct MirrorParts {
     pub settings: MirrorSettings,
     pub sink: Option<JsonlSink<Sample>>,
     pub session: Option<Arc<crate::session::Resolver>>,
+    pub recorder: Option<crate::record::Recorder>,
 }
 
 impl Mirror {
@@ -91,6 +94,7 @@ impl Mirror {
             sink: p.sink,
             session: p.session,
             races: races::SessionRaces::new(),
+            recorder: p.recorder,
         }
     }
 
@@ -504,6 +508,9 @@ async fn exchange(
             return;
         }
     };
+    if !raced && !request.reverse {
+        record(mirror, entry, &request, &legacy, legacy_after.as_ref());
+    }
     if let Some(CallResult::Answered(_, t)) = &twin {
         entry.stats.duration(Side::LegacyTwin, *t);
     }
@@ -648,6 +655,70 @@ async fn exchange(
             twin_report,
         },
     );
+}
+
+/// Hands the exchange to the recorder when it is in the recorded share (sticky per session).
+/// What PHP answered is recorded whatever the candidate did; an exchange whose session could not
+/// be read after PHP is not (a replay could not compare its session).
+fn record(
+    mirror: &Mirror,
+    entry: &RouteEntry,
+    request: &ShadowRequest,
+    legacy: &Captured,
+    after: Option<&Result<crate::diff::SessionAfter, effects::EffectsError>>,
+) {
+    let Some(recorder) = &mirror.recorder else {
+        return;
+    };
+    if !dispatch::sampled(recorder.sample, request.session_id.as_deref()) {
+        return;
+    }
+    let session_after = match after {
+        None => None,
+        Some(Ok(a)) => Some(a.clone()),
+        Some(Err(_)) => return,
+    };
+    let session = match (&request.session, &mirror.session) {
+        (Some(s), Some(resolver)) => Some(crate::record::TakenSession {
+            id: s.id.clone(),
+            store: resolver.stores().name().to_string(),
+            serializer: resolver.serializer().name().to_string(),
+            raw: s.raw.clone(),
+            data: s.data.clone(),
+        }),
+        _ => None,
+    };
+    let noise = if mirror.twin.is_some() {
+        let thresholds = mirror.settings.load().noise;
+        entry
+            .findings()
+            .noise
+            .noise_keys(&thresholds)
+            .into_iter()
+            .map(|k| k.key)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let parts = &request.parts;
+    recorder.send(crate::record::Taken {
+        redaction: recorder.redaction.clone(),
+        at: crate::stats::now_secs(),
+        route: entry.label.clone(),
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        request_headers: parts.headers.clone(),
+        request_body: request.body.clone(),
+        session,
+        session_after,
+        status: legacy.status,
+        response_headers: legacy.headers.clone(),
+        response_body: legacy.body.clone(),
+        noise,
+    });
 }
 
 fn undecodable(why: String) -> Report {

@@ -8,6 +8,7 @@ pub mod websocket;
 
 use crate::access::{self, AccessEntry};
 use crate::app::App;
+use crate::mirror::dispatch::sampled;
 use crate::mirror::{self, LegacyHead};
 use crate::mode::Mode;
 use crate::route::RouteEntry;
@@ -122,37 +123,6 @@ fn upstream_response(resp: Response<UpstreamBody>) -> (http::response::Parts, Up
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, Direction::Response);
     (parts, body)
-}
-
-/// Whether this request is in the sample: sticky per session cookie (a hash of its value, the
-/// same on every proxy of a fleet), random without one.
-pub fn sampled(rate: f64, session: Option<&str>) -> bool {
-    if rate >= 1.0 {
-        return true;
-    }
-    if rate <= 0.0 {
-        return false;
-    }
-    let x = match session {
-        Some(id) => {
-            // FNV-1a: stable across processes and versions, unlike std's hasher.
-            let mut h: u64 = 0xcbf29ce484222325;
-            for b in id.bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x100000001b3);
-            }
-            // FNV's high bits barely move when only the last bytes differ (session ids that
-            // share a prefix): mix them (MurmurHash3's finaliser) before taking a fraction.
-            h ^= h >> 33;
-            h = h.wrapping_mul(0xff51afd7ed558ccd);
-            h ^= h >> 33;
-            h = h.wrapping_mul(0xc4ceb9fe1a85ec53);
-            h ^= h >> 33;
-            (h >> 11) as f64 / (1u64 << 53) as f64
-        }
-        None => fastrand::f64(),
-    };
-    x < rate
 }
 
 /// The session id the request carries, by PHP's rules (None: no session).
@@ -839,27 +809,5 @@ async fn serve_candidate(
                 )
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sticky_sampling_is_spread_and_stable() {
-        let ids: Vec<String> = (0..2000).map(|i| format!("user{i:05}")).collect();
-        let share = ids
-            .iter()
-            .filter(|id| super::sampled(0.3, Some(id)))
-            .count() as f64
-            / 2000.0;
-        assert!((0.25..0.35).contains(&share), "{share}");
-        for id in &ids {
-            assert_eq!(super::sampled(0.3, Some(id)), super::sampled(0.3, Some(id)));
-        }
-        // Nested shares: a session in the 10% sample is in the 30% sample too.
-        assert!(ids
-            .iter()
-            .filter(|id| super::sampled(0.1, Some(id)))
-            .all(|id| super::sampled(0.3, Some(id))));
     }
 }

@@ -131,6 +131,11 @@ impl Resolver {
         &self.stores
     }
 
+    /// How the sessions are serialized (`session.serialize_handler`).
+    pub fn serializer(&self) -> cutover_session::php::Serializer {
+        self.serializer
+    }
+
     /// The session cookie's name (`session_name()`).
     pub fn cookie(&self) -> &str {
         &self.cookie
