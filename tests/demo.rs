@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{tmux, wait_screen, TmuxSession as Session};
+use common::{tmux, wait_screen, wait_screen_without, TmuxSession as Session};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,8 @@ fn the_dashboard_in_tmux() {
     );
     // The login's bug is in what it leaves in the session.
     tmux(&["send-keys", "-t", &name, "Escape"]);
+    // A key sent right behind Escape would reach the terminal as one Alt+key sequence.
+    wait_screen_without(&name, "Esc: back", Duration::from_secs(5));
     tmux(&["send-keys", "-t", &name, "/"]);
     tmux(&["send-keys", "-t", &name, "-l", "login"]);
     tmux(&["send-keys", "-t", &name, "Enter"]);

@@ -632,6 +632,22 @@ pub fn wait_screen(session: &str, what: &str, within: Duration) -> String {
     }
 }
 
+/// Waits until `what` has left the screen (a view closed).
+pub fn wait_screen_without(session: &str, what: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let screen = tmux(&["capture-pane", "-p", "-t", session]);
+        if !screen.contains(what) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{what}` stayed on screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub struct TmuxSession(pub String);
 
 impl Drop for TmuxSession {
