@@ -140,7 +140,9 @@ pub async fn legacy_after(
         legacy_headers,
     ) {
         LegacyId::NoSession | LegacyId::Deleted => SessionAfter::None,
-        LegacyId::Id { id, regenerated } => match resolver.after(&id).await? {
+        // Boxed: a store read's future (the DynamoDB client's above all) is kilobytes, and
+        // every exchange's future, which is moved into its task, would otherwise carry it.
+        LegacyId::Id { id, regenerated } => match Box::pin(resolver.after(&id)).await? {
             Some(data) => SessionAfter::Session { regenerated, data },
             None => SessionAfter::None,
         },
@@ -173,7 +175,8 @@ pub async fn copy_to_twin(
     request: &ShadowRequest,
 ) -> Result<(), crate::session::AfterError> {
     match (&mirror.session, &request.session) {
-        (Some(resolver), Some(s)) => resolver.copy_to_twin(&s.id, &s.raw).await,
+        // Boxed, as the read in `legacy_after`.
+        (Some(resolver), Some(s)) => Box::pin(resolver.copy_to_twin(&s.id, &s.raw)).await,
         _ => Ok(()),
     }
 }
