@@ -1,5 +1,7 @@
 //! What a session lookup adds to a mirrored request: `Resolver::resolve` (store read, PHP
-//! decode, JSON form, HMAC-signed header) against each store, sequentially, on this machine.
+//! decode, JSON form, HMAC-signed header) against each store, sequentially, on this machine; and
+//! what the read of the session PHP left costs each exchange after PHP's response
+//! (`Resolver::after`: the lock check, the store read, the JSON form; off the client's path).
 //! Needs redis-server and dynalite (`.ci/run` installs both). Run:
 //! `cargo bench --bench session_lookup`.
 
@@ -50,12 +52,30 @@ async fn measure(name: &str, resolver: &Resolver) {
             times.push(d);
         }
     }
+    report(&format!("{name} lookup"), &mut times);
+    let mut times = Vec::with_capacity(2000);
+    for i in 0..2200 {
+        let t = Instant::now();
+        let r = resolver.after("benchsession0001").await;
+        let d = t.elapsed();
+        assert!(
+            matches!(r, Ok(Some(_))),
+            "{name}: the after-read found no session"
+        );
+        if i >= 200 {
+            times.push(d);
+        }
+    }
+    report(&format!("{name} after-read"), &mut times);
+}
+
+fn report(name: &str, times: &mut [Duration]) {
     times.sort();
     let q = |p: f64| {
         times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e6
     };
     println!(
-        "{name:<10} p50 {:>7.1} µs   p99 {:>7.1} µs   ({} lookups)",
+        "{name:<20} p50 {:>7.1} µs   p99 {:>7.1} µs   ({} reads)",
         q(0.5),
         q(0.99),
         times.len()
@@ -78,7 +98,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let metrics = cutover::stats::Metrics::register().unwrap_or_else(|e| panic!("{e}"));
-    println!("session lookup latency (store read + decode + sign), sequential:");
+    println!("session lookup (store read + decode + sign) and after-read latency, sequential:");
 
     let dir = std::env::temp_dir().join(format!("cutover-bench-sessions-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
