@@ -129,10 +129,14 @@ pub struct Session {
 }
 
 /// Array entries in PHP's order, with a later duplicate key overwriting the value in the first
-/// one's place (as PHP does). Small arrays are searched in place; past [`INDEX_FROM`] entries a
-/// hash index keeps every insertion O(1), so a 200,000-element session decodes in linear time.
+/// one's place (as PHP does). A list (keys 0, 1, 2, … in order, what PHP writes for most
+/// arrays) is kept without any index: a key is either the next one or names its position.
+/// Otherwise small arrays are searched in place, and past [`INDEX_FROM`] entries a hash index
+/// keeps every insertion O(1), so a 200,000-element session decodes in linear time.
 struct Entries {
     items: Vec<(Key, Value)>,
+    /// Every key so far is its own position.
+    list: bool,
     index: Option<std::collections::HashMap<Key, usize>>,
 }
 
@@ -143,12 +147,30 @@ impl Entries {
     fn with_capacity(n: usize) -> Entries {
         Entries {
             items: Vec::with_capacity(n),
+            list: true,
             index: None,
         }
     }
 
     /// Adds an entry; true when it replaced the value of an earlier duplicate key.
     fn insert(&mut self, key: Key, value: Value) -> bool {
+        if self.list {
+            let at = match key {
+                Key::Int(k) => usize::try_from(k).ok().filter(|k| *k <= self.items.len()),
+                Key::Str(_) => None,
+            };
+            match at {
+                Some(k) if k == self.items.len() => {
+                    self.items.push((key, value));
+                    return false;
+                }
+                Some(k) => {
+                    self.items[k].1 = value;
+                    return true;
+                }
+                None => self.list = false,
+            }
+        }
         if self.index.is_none() && self.items.len() >= INDEX_FROM {
             let index = self
                 .items
@@ -1316,6 +1338,35 @@ mod tests {
         let session = decode_session(s.as_bytes(), Serializer::Php, 1 << 20).expect("decodes");
         assert_eq!(session.vars.len(), 20);
         assert_eq!(session.get("v3").and_then(Value::as_i64), Some(23));
+    }
+
+    #[test]
+    fn arrays_that_stop_being_lists_are_indexed() {
+        // Keys 0, 2, 4, …: a list for one entry, then the hash index past 16 entries.
+        let mut blob = String::from("a:300:{");
+        for i in 0..300 {
+            let k = (i % 150) * 2;
+            blob.push_str(&format!("i:{k};i:{i};"));
+        }
+        blob.push('}');
+        let Value::Array(entries) = unserialize(blob.as_bytes()).expect("decodes") else {
+            panic!("an array")
+        };
+        assert_eq!(entries.len(), 150);
+        for (i, (key, value)) in entries.iter().enumerate() {
+            assert_eq!(*key, Key::Int(i as i64 * 2));
+            assert_eq!(*value, Value::Int(i as i64 + 150));
+        }
+        // A list, then a string key, then a list key again.
+        let v = unserialize(b"a:4:{i:0;i:1;i:1;i:2;s:1:\"x\";i:3;i:1;i:4;}").expect("valid");
+        assert_eq!(
+            v,
+            Value::Array(vec![
+                (Key::Int(0), Value::Int(1)),
+                (Key::Int(1), Value::Int(4)),
+                (Key::Str(b"x".to_vec()), Value::Int(3)),
+            ])
+        );
     }
 
     #[test]
