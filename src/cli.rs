@@ -157,9 +157,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         from_nginx: PathBuf,
     },
-    /// Replay recorded traffic ([record]) against a candidate build and judge every route as
-    /// `cutover gate` does: exit 0 when every route passes, 1 when one fails, 2 on an error.
-    /// Session headers are signed with the secret in CUTOVER_SESSION_SECRET.
+    /// Replay recorded traffic ([record]) against a candidate build and print a verdict per
+    /// route as `cutover gate` does, judged on the recording's own counts (its mismatch share
+    /// against [gate] max_mismatch_rate): exit 0 when every route passes, 1 when one fails, 2 on
+    /// an error. Session headers are signed with the secret in CUTOVER_SESSION_SECRET.
     Replay {
         /// The candidate's base URL: http://, https:// or http+unix://.
         #[arg(long, value_name = "URL")]
@@ -192,17 +193,25 @@ pub enum Command {
     },
 }
 
-fn replay_cmd(args: crate::replay::ReplayArgs, json: bool) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+/// A runtime on every core, with stacks deep enough for PHP session decoding (None, after
+/// saying why, when it cannot start).
+fn multi_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(cutover_session::php::STACK_BYTES)
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("cutover: cannot start the runtime: {e}");
-            return EXIT_RUNTIME;
+            None
         }
+    }
+}
+
+fn replay_cmd(args: crate::replay::ReplayArgs, json: bool) -> u8 {
+    let Some(rt) = multi_thread_runtime() else {
+        return EXIT_RUNTIME;
     };
     match rt.block_on(crate::replay::run(&args)) {
         Ok(report) => {
@@ -679,16 +688,8 @@ pub fn run(cli: Cli) -> u8 {
             // The demo signs session headers with a secret of its own, set before any thread starts.
             let secret: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
             std::env::set_var("CUTOVER_DEMO_SESSION_SECRET", secret);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_stack_size(cutover_session::php::STACK_BYTES)
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cutover: cannot start the runtime: {e}");
-                    return EXIT_RUNTIME;
-                }
+            let Some(rt) = multi_thread_runtime() else {
+                return EXIT_RUNTIME;
             };
             let code = rt.block_on(async move {
                 match crate::demo::run(headless, duration).await {

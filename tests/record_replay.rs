@@ -80,35 +80,7 @@ async fn candidate(bug: bool, checks: Arc<HeaderChecks>) -> Origin {
                 }
                 _ => return respond(404, &[], "not here"),
             };
-            let mut headers = vec![
-                ("content-type".to_string(), "application/json".to_string()),
-                (
-                    "cache-control".to_string(),
-                    "no-store, no-cache, must-revalidate".to_string(),
-                ),
-                ("pragma".to_string(), "no-cache".to_string()),
-            ];
-            let has_cookie = r
-                .headers
-                .get("cookie")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|c| c.contains("PHPSESSID="));
-            let new_id = (!has_cookie).then(|| format!("rust{:016x}", fastrand::u64(..)));
-            if let Some(id) = &new_id {
-                headers.push(("set-cookie".into(), format!("PHPSESSID={id}; path=/")));
-            }
-            if path == "/counter" || new_id.is_some() {
-                let write = cutover_session::SessionWrite::Set {
-                    id: new_id,
-                    data: after.to_json().expect("json"),
-                };
-                headers.push((cutover_session::WRITE_HEADER.to_string(), write.to_header()));
-            }
-            let headers: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            respond(200, &headers, body.to_string())
+            session_page(&r, body, &after, path == "/counter")
         }
     })
     .await

@@ -162,6 +162,48 @@ pub fn respond(
     r
 }
 
+/// What a Rust handler answers after the equivalent of PHP's `session_start()`: `body` as JSON
+/// with the no-cache headers PHP sends, a new session and its cookie for a visitor without a
+/// session cookie (with one, PHP keeps the visitor's id even when nothing is stored under it),
+/// and the session it leaves, `after`, declared in `x-cutover-session-write` when `declare` or
+/// when a new session started.
+pub fn session_page(
+    r: &RecordedRequest,
+    body: serde_json::Value,
+    after: &cutover_session::php::Session,
+    declare: bool,
+) -> http::Response<OriginBody> {
+    let mut headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        (
+            "cache-control".to_string(),
+            "no-store, no-cache, must-revalidate".to_string(),
+        ),
+        ("pragma".to_string(), "no-cache".to_string()),
+    ];
+    let has_cookie = r
+        .headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("PHPSESSID="));
+    let new_id = (!has_cookie).then(|| format!("rust{:016x}", fastrand::u64(..)));
+    if let Some(id) = &new_id {
+        headers.push(("set-cookie".into(), format!("PHPSESSID={id}; path=/")));
+    }
+    if declare || new_id.is_some() {
+        let write = cutover_session::SessionWrite::Set {
+            id: new_id,
+            data: after.to_json().expect("json"),
+        };
+        headers.push((cutover_session::WRITE_HEADER.to_string(), write.to_header()));
+    }
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    respond(200, &headers, body.to_string())
+}
+
 /// Starts cutover from config text; `{legacy}`, `{candidate}` etc. are filled in by the caller.
 pub async fn cutover(config: &str) -> cutover::runtime::Running {
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
