@@ -165,13 +165,18 @@ pub fn eta_secs(v: &Verdict, clean_per_sec: Option<f64>) -> Option<u64> {
     Some((v.more_clean_samples as f64 / rate).ceil() as u64)
 }
 
-/// The verdict for one route.
-pub fn verdict(e: Evidence, t: &Thresholds) -> Verdict {
-    let rate = if e.samples == 0 {
+/// Observed failure rate (0 with no samples).
+fn failure_rate(e: Evidence) -> f64 {
+    if e.samples == 0 {
         0.0
     } else {
         e.failures as f64 / e.samples as f64
-    };
+    }
+}
+
+/// The verdict for one route.
+pub fn verdict(e: Evidence, t: &Thresholds) -> Verdict {
+    let rate = failure_rate(e);
     let upper = wilson_upper(e.failures, e.samples, t.confidence);
     let more = if t.max_mismatch_rate <= 0.0 && e.failures == 0 {
         // A zero threshold can never be met by a bound; say so rather than count forever.
@@ -222,11 +227,7 @@ pub fn verdict(e: Evidence, t: &Thresholds) -> Verdict {
 /// a sample of live traffic, so no confidence bound is put on them: a route passes when it has
 /// `min_samples` comparisons and its observed failure rate is at most `max_mismatch_rate`.
 pub fn replay_verdict(e: Evidence, t: &Thresholds) -> Verdict {
-    let rate = if e.samples == 0 {
-        0.0
-    } else {
-        e.failures as f64 / e.samples as f64
-    };
+    let rate = failure_rate(e);
     let pct = |x: f64| format!("{:.2}%", x * 100.0);
     let (passing, reason) = if e.samples < t.min_samples {
         (

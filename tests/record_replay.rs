@@ -86,16 +86,6 @@ async fn candidate(bug: bool, checks: Arc<HeaderChecks>) -> Origin {
     .await
 }
 
-async fn login(proxy: std::net::SocketAddr, cookie: &str, user: &str, user_id: u32) {
-    let form = format!("user={user}&user_id={user_id}");
-    let req = format!(
-        "POST /login HTTP/1.1\r\nHost: php.test\r\nConnection: close\r\nCookie: PHPSESSID={cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-        form.len()
-    );
-    let r = raw_request(proxy, req.as_bytes()).await;
-    assert_eq!(r.status, 302, "login: {}", String::from_utf8_lossy(&r.body));
-}
-
 /// `cutover replay` as a user runs it: exit code and standard output.
 fn replay(candidate: &str, config: &std::path::Path, recording: &std::path::Path) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))

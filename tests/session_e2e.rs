@@ -68,16 +68,6 @@ fn session_config(legacy: &str, candidate: &str, store: &str) -> String {
     )
 }
 
-async fn login(proxy: std::net::SocketAddr, cookie: &str, user: &str, user_id: u32) {
-    let form = format!("user={user}&user_id={user_id}");
-    let req = format!(
-        "POST /login HTTP/1.1\r\nHost: php.test\r\nConnection: close\r\nCookie: PHPSESSID={cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-        form.len()
-    );
-    let r = raw_request(proxy, req.as_bytes()).await;
-    assert_eq!(r.status, 302, "login: {}", String::from_utf8_lossy(&r.body));
-}
-
 async fn whoami(addr: std::net::SocketAddr, cookie: &str) -> serde_json::Value {
     let r = get(
         addr,

@@ -162,6 +162,18 @@ pub fn respond(
     r
 }
 
+/// Logs `user` in through the fixture app's `POST /login` (behind `proxy`) under session
+/// cookie `cookie`; PHP answers 302.
+pub async fn login(proxy: std::net::SocketAddr, cookie: &str, user: &str, user_id: u32) {
+    let form = format!("user={user}&user_id={user_id}");
+    let req = format!(
+        "POST /login HTTP/1.1\r\nHost: php.test\r\nConnection: close\r\nCookie: PHPSESSID={cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    let r = raw_request(proxy, req.as_bytes()).await;
+    assert_eq!(r.status, 302, "login: {}", String::from_utf8_lossy(&r.body));
+}
+
 /// What a Rust handler answers after the equivalent of PHP's `session_start()`: `body` as JSON
 /// with the no-cache headers PHP sends, a new session and its cookie for a visitor without a
 /// session cookie (with one, PHP keeps the visitor's id even when nothing is stored under it),
