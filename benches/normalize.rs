@@ -1,5 +1,6 @@
 //! Normalize + compare throughput (the work every mirrored request costs), without IO:
-//! equal 1 MB JSON, equal 1 MB HTML, and a pair with a few differences. MB/s is of the legacy
+//! equal 1 MB JSON, HTML and text bodies, byte-identical and equal only after the rules (a
+//! token, a time), and pairs with real differences. MB/s is of the legacy
 //! body's size. Run: `cargo bench --bench normalize`.
 
 use bytes::Bytes;
@@ -34,7 +35,12 @@ fn json_mb(change_every: Option<usize>, etag_salt: u32) -> Vec<u8> {
 }
 
 fn html_mb(change: bool) -> Vec<u8> {
-    let mut s = String::from("<!DOCTYPE html><html><head><title>t</title></head><body>\n");
+    html_page(change, "abc", "2026-11-28 10:00:00")
+}
+
+/// The page with its own CSRF token and generation time, as two renderings of one page differ.
+fn html_page(change: bool, token: &str, generated: &str) -> Vec<u8> {
+    let mut s = format!("<!DOCTYPE html><html><head><title>t</title></head><body>\n<p class=\"generated\">Generated {generated}</p>\n");
     for i in 0..9000 {
         let text = if change && i == 4500 {
             "changed"
@@ -43,14 +49,14 @@ fn html_mb(change: bool) -> Vec<u8> {
         };
         s.push_str(&format!("<div class=\"r\" id=\"r{i}\"><span data-x=\"{i}\">{text} {i}</span> <a href=\"/p/{i}\">link</a></div>\n"));
     }
-    s.push_str(
-        "<form><input type=\"hidden\" name=\"_token\" value=\"abc\"></form></body></html>\n",
-    );
+    s.push_str(&format!(
+        "<form><input type=\"hidden\" name=\"_token\" value=\"{token}\"></form></body></html>\n"
+    ));
     s.into_bytes()
 }
 
 fn rules() -> Rules {
-    let text = "[json]\nignore = ['/generated_at', '/items/*/meta/etag']\n[html]\nignore_elements = ['input[name=_token]']\nsort_attributes = true\n[text]\nfold_whitespace = true\n";
+    let text = "[json]\nignore = ['/generated_at', '/items/*/meta/etag', '/request_id']\n[html]\nignore_elements = ['input[name=_token]']\nsort_attributes = true\n[text]\nfold_whitespace = true\n";
     let mut sets = vec![Arc::new(
         RuleSet::builtin().unwrap_or_else(|e| panic!("{e}")),
     )];
@@ -68,6 +74,29 @@ fn bench(c: &mut Criterion) {
     let json_diff = json_mb(Some(1000), 0);
     let html = html_mb(false);
     let html_diff = html_mb(true);
+    // Another rendering: its own token and time, equal after the rules.
+    let html_noisy = html_page(false, "f00dfeed", "2026-11-28 10:00:07");
+    let text = html
+        .iter()
+        .map(|&b| if b == b'<' || b == b'>' { b' ' } else { b })
+        .collect::<Vec<u8>>();
+    let text_noisy = String::from_utf8_lossy(&text)
+        .replace("2026-11-28 10:00:00", "2026-11-28 10:00:07")
+        .into_bytes();
+    // A 20 KB API answer, as scripts/bench-noisy's: its own request id and time per rendering.
+    // Times within a day of now, which the built-in rules fold (the bodies have no `Date`).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64().floor());
+    let api = |id: &str, at: f64| {
+        let items: Vec<serde_json::Value> = (0..240)
+            .map(|i| serde_json::json!({"id": i, "name": format!("item {i}"), "price": i as f64 * 1.25, "tags": ["a", "b"], "url": format!("/items/{i}")}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"request_id": id, "generated": at, "items": items}))
+            .unwrap_or_default()
+    };
+    let api_a = api("3f1c9a7e5b2d4c6e8a0b1c2d3e4f5a6b", now + 0.123);
+    let api_b = api("9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d", now + 0.456);
     let mut g = c.benchmark_group("normalize_compare");
     g.sample_size(20);
     for (name, ct, a, b) in [
@@ -84,8 +113,26 @@ fn bench(c: &mut Criterion) {
             &json,
             &json_diff,
         ),
+        (
+            "json_equal_after_rules_20kb",
+            "application/json",
+            &api_a,
+            &api_b,
+        ),
         ("html_equal_1mb", "text/html", &html, &html),
+        (
+            "html_equal_after_rules_1mb",
+            "text/html",
+            &html,
+            &html_noisy,
+        ),
         ("html_one_difference_1mb", "text/html", &html, &html_diff),
+        (
+            "text_equal_after_rules_1mb",
+            "text/plain",
+            &text,
+            &text_noisy,
+        ),
     ] {
         let (l, cnd) = (captured(ct, a.clone()), captured(ct, b.clone()));
         g.throughput(Throughput::Bytes(a.len() as u64));

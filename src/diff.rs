@@ -51,7 +51,7 @@ pub struct Difference {
 }
 
 /// What a comparison found; empty `differences` is a match.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
     pub differences: Vec<Difference>,
     /// Unified diff of the normalized bodies (empty when the bodies are equal).

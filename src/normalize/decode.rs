@@ -17,6 +17,13 @@ pub enum DecodeError {
     TooLarge { encoding: String, cap: usize },
 }
 
+/// Whether the body is as sent (no `Content-Encoding`, or `identity`): nothing to decode.
+pub fn identity_encoded(c: &Captured) -> bool {
+    c.headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_none_or(|e| e.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+}
+
 /// The body decoded from its `Content-Encoding` (gzip, deflate, br), at most `cap` bytes
 /// decoded (a compressed bomb is an error, not an allocation).
 pub fn decoded(mut c: Captured, cap: usize) -> Result<Captured, DecodeError> {

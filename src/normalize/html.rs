@@ -199,114 +199,209 @@ fn find_ci(hay: &str, needle: &str, from: usize) -> Option<usize> {
 /// Tokenizes and normalizes `html` (lossy UTF-8).
 pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
     let mut out = Vec::new();
-    let mut stack: Vec<Open> = vec![Open {
-        tag: String::new(),
-        children: Vec::new(),
-        path: std::sync::Arc::from(""),
-    }];
-    let path = |stack: &[Open]| -> std::sync::Arc<str> {
-        stack
+    let mut scanner = Scanner::new(html, rules, true);
+    let mut text = String::new();
+    while let Some(emitted) = scanner.step(&mut text) {
+        if emitted {
+            out.push(Token {
+                path: scanner.token_path.clone(),
+                text: std::mem::take(&mut text),
+            });
+        }
+    }
+    out
+}
+
+/// Whether two documents give the same token texts, walked side by side without keeping
+/// tokens or paths (the same stream as [`tokens`], so equal here is equal there).
+pub fn same_tokens(a: &str, b: &str, rules: &HtmlRules) -> bool {
+    let mut sa = Scanner::new(a, rules, false);
+    let mut sb = Scanner::new(b, rules, false);
+    let (mut ta, mut tb) = (String::new(), String::new());
+    loop {
+        let next_a = next_token(&mut sa, &mut ta);
+        let next_b = next_token(&mut sb, &mut tb);
+        match (next_a, next_b) {
+            (false, false) => return true,
+            (true, true) if ta == tb => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Steps `s` to its next token (into `text`); false at the end.
+fn next_token(s: &mut Scanner, text: &mut String) -> bool {
+    loop {
+        text.clear();
+        match s.step(text) {
+            None => return false,
+            Some(true) => return true,
+            Some(false) => {}
+        }
+    }
+}
+
+/// The tokenizer's state between tokens.
+struct Scanner<'a> {
+    html: &'a str,
+    rules: &'a HtmlRules,
+    i: usize,
+    stack: Vec<Open>,
+    /// An ignored element being skipped, and how deep in it (None: not skipping).
+    skipping: Option<(String, usize)>,
+    /// Whether element paths are kept (for differences; the walk needs none).
+    paths: bool,
+    /// The path of the last token emitted.
+    token_path: std::sync::Arc<str>,
+    /// Where the raw text of a `script`, `style`, `textarea` or `title` just opened ends.
+    raw_until: Option<usize>,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(html: &'a str, rules: &'a HtmlRules, paths: bool) -> Scanner<'a> {
+        let root: std::sync::Arc<str> = std::sync::Arc::from("");
+        Scanner {
+            html,
+            rules,
+            i: 0,
+            stack: vec![Open {
+                tag: String::new(),
+                children: Vec::new(),
+                path: root.clone(),
+            }],
+            skipping: None,
+            paths,
+            token_path: root,
+            raw_until: None,
+        }
+    }
+
+    fn path(&self) -> std::sync::Arc<str> {
+        self.stack
             .last()
             .map(|o| o.path.clone())
             .unwrap_or_else(|| std::sync::Arc::from(""))
-    };
-    // Depth of an ignored element being skipped (0: not skipping).
-    let mut skipping: Option<(String, usize)> = None;
-    let mut i = 0;
-    let len = html.len();
-    let push_text =
-        |out: &mut Vec<Token>, stack: &[Open], text: &str, skipping: &Option<(String, usize)>| {
-            if skipping.is_some() {
-                return;
+    }
+
+    /// Text at the current element into `out`; whether it makes a token.
+    fn text(&mut self, text: &str, out: &mut String) -> bool {
+        if self.skipping.is_some() {
+            return false;
+        }
+        if self.rules.fold_whitespace {
+            for (n, word) in text.split_whitespace().enumerate() {
+                if n > 0 {
+                    out.push(' ');
+                }
+                out.push_str(word);
             }
-            let t = if rules.fold_whitespace {
-                fold(text)
-            } else {
-                text.to_string()
-            };
-            if !t.is_empty() {
-                out.push(Token {
-                    path: path(stack),
-                    text: t,
-                });
-            }
-        };
-    while i < len {
-        let Some(rel) = html[i..].find('<') else {
-            push_text(&mut out, &stack, &html[i..], &skipping);
-            break;
+        } else {
+            out.push_str(text);
+        }
+        if out.is_empty() {
+            return false;
+        }
+        if self.paths {
+            self.token_path = self.path();
+        }
+        true
+    }
+
+    /// One step: Some(true) when it wrote a token into `out`, Some(false) when it consumed
+    /// input without one, None at the end.
+    fn step(&mut self, out: &mut String) -> Option<bool> {
+        let html = self.html;
+        let len = html.len();
+        let i = self.i;
+        if let Some(end) = self.raw_until.take() {
+            self.i = end;
+            return Some(self.text(&html[i..end], out));
+        }
+        if i >= len {
+            return None;
+        }
+        let Some(rel) = memchr::memchr(b'<', &html.as_bytes()[i..]) else {
+            self.i = len;
+            return Some(self.text(&html[i..], out));
         };
         if rel > 0 {
-            push_text(&mut out, &stack, &html[i..i + rel], &skipping);
+            self.i = i + rel;
+            return Some(self.text(&html[i..i + rel], out));
         }
-        i += rel;
         let rest = &html[i..];
         if rest.starts_with("<!--") {
             let end = rest.find("-->").map(|e| e + 3).unwrap_or(rest.len());
-            if !rules.strip_comments && skipping.is_none() {
-                out.push(Token {
-                    path: path(&stack),
-                    text: rest[..end].to_string(),
-                });
+            self.i = i + end;
+            if !self.rules.strip_comments && self.skipping.is_none() {
+                out.push_str(&rest[..end]);
+                if self.paths {
+                    self.token_path = self.path();
+                }
+                return Some(true);
             }
-            i += end;
-            continue;
+            return Some(false);
         }
-        let Some(close) = rest.find('>') else {
-            push_text(&mut out, &stack, rest, &skipping);
-            break;
+        let Some(close) = memchr::memchr(b'>', rest.as_bytes()) else {
+            self.i = len;
+            return Some(self.text(rest, out));
         };
         let inner = &rest[1..close];
-        i += close + 1;
+        self.i = i + close + 1;
         if inner.starts_with('!') || inner.starts_with('?') {
-            if skipping.is_none() {
-                out.push(Token {
-                    path: path(&stack),
-                    text: format!("<{}>", fold(inner)),
-                });
+            if self.skipping.is_some() {
+                return Some(false);
             }
-            continue;
+            out.push('<');
+            out.push_str(&fold(inner));
+            out.push('>');
+            if self.paths {
+                self.token_path = self.path();
+            }
+            return Some(true);
         }
         if let Some(name) = inner.strip_prefix('/') {
             let tag = name.trim().to_ascii_lowercase();
-            if let Some((skip_tag, depth)) = &mut skipping {
+            if let Some((skip_tag, depth)) = &mut self.skipping {
                 if *skip_tag == tag {
                     *depth -= 1;
                     if *depth == 0 {
-                        skipping = None;
+                        self.skipping = None;
                     }
                 }
-                continue;
+                return Some(false);
             }
-            if let Some(pos) = stack.iter().rposition(|o| o.tag == tag) {
+            if let Some(pos) = self.stack.iter().rposition(|o| o.tag == tag) {
                 if pos > 0 {
-                    let p = path(&stack[..=pos]);
-                    stack.truncate(pos);
-                    out.push(Token {
-                        path: p,
-                        text: format!("</{tag}>"),
-                    });
+                    if self.paths {
+                        self.token_path = self.stack[pos].path.clone();
+                    }
+                    self.stack.truncate(pos);
+                    out.push_str("</");
+                    out.push_str(&tag);
+                    out.push('>');
+                    return Some(true);
                 }
             }
-            continue;
+            return Some(false);
         }
         let name_end = inner
             .find(|c: char| c.is_ascii_whitespace() || c == '/')
             .unwrap_or(inner.len());
         let tag = inner[..name_end].to_ascii_lowercase();
         if tag.is_empty() {
-            push_text(&mut out, &stack, "<", &skipping);
-            i -= close;
-            continue;
+            // A `<` that opens nothing: text, and scanning resumes after it.
+            self.i = i + 1;
+            return Some(self.text("<", out));
         }
         let self_closing = inner.ends_with('/');
         let is_void = VOID.contains(&tag.as_str()) || self_closing;
-        if let Some((skip_tag, depth)) = &mut skipping {
+        if let Some((skip_tag, depth)) = &mut self.skipping {
             if *skip_tag == tag && !is_void {
                 *depth += 1;
             }
-            continue;
+            return Some(false);
         }
+        let rules = self.rules;
         let mut attrs = parse_attrs(&inner[name_end..]);
         if rules
             .ignore_elements
@@ -314,19 +409,24 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
             .any(|s| s.matches(&tag, &attrs))
         {
             if !is_void {
-                skipping = Some((tag.clone(), 1));
+                self.skipping = Some((tag, 1));
             }
-            continue;
+            return Some(false);
         }
         attrs.retain(|(k, _)| !rules.ignore_attributes.iter().any(|a| a == k));
         if rules.sort_attributes {
             attrs.sort();
         }
-        // Sibling index among same-tag children of the parent.
-        let parent =
-            stack
-                .last_mut()
-                .map(|p| match p.children.iter_mut().find(|(t, _)| *t == tag) {
+        out.push('<');
+        out.push_str(&tag);
+        for (k, v) in &attrs {
+            let _ = write!(out, " {k}=\"{v}\"");
+        }
+        out.push('>');
+        let tag_path: std::sync::Arc<str> = if self.paths {
+            // Sibling index among same-tag children of the parent.
+            let parent = self.stack.last_mut().map(|p| {
+                match p.children.iter_mut().find(|(t, _)| *t == tag) {
                     Some(e) => {
                         e.1 += 1;
                         e.1
@@ -335,50 +435,44 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
                         p.children.push((tag.clone(), 1));
                         1
                     }
-                });
-        let label = match parent {
-            Some(n) if n > 1 => format!("{tag}[{n}]"),
-            _ => tag.clone(),
-        };
-        let mut text = format!("<{tag}");
-        for (k, v) in &attrs {
-            let _ = write!(text, " {k}=\"{v}\"");
-        }
-        text.push('>');
-        let tag_path: std::sync::Arc<str> = {
-            let base = path(&stack);
+                }
+            });
+            let label = match parent {
+                Some(n) if n > 1 => format!("{tag}[{n}]"),
+                _ => tag.clone(),
+            };
+            let base = self.path();
             if base.is_empty() {
                 std::sync::Arc::from(label.as_str())
             } else {
                 std::sync::Arc::from(format!("{base}/{label}").as_str())
             }
+        } else {
+            self.token_path.clone()
         };
-        out.push(Token {
-            path: tag_path.clone(),
-            text,
-        });
+        if self.paths {
+            self.token_path = tag_path.clone();
+        }
         if !is_void {
             if RAW_TEXT.contains(&tag.as_str()) {
-                // Raw text up to the closing tag, as one token.
-                let end = find_ci(html, &format!("</{tag}"), i).unwrap_or(len);
-                let raw = &html[i..end];
-                stack.push(Open {
-                    tag: tag.clone(),
+                // Raw text up to the closing tag: the next step's token.
+                let end = find_ci(html, &format!("</{tag}"), self.i).unwrap_or(len);
+                self.stack.push(Open {
+                    tag,
                     children: Vec::new(),
                     path: tag_path,
                 });
-                push_text(&mut out, &stack, raw, &skipping);
-                i = end;
-            } else if stack.len() < 512 {
-                stack.push(Open {
+                self.raw_until = Some(end);
+            } else if self.stack.len() < 512 {
+                self.stack.push(Open {
                     tag,
                     children: Vec::new(),
                     path: tag_path,
                 });
             }
         }
+        Some(true)
     }
-    out
 }
 
 /// The stream rendered one token a line (for the unified diff and the fast equality check).
@@ -394,7 +488,6 @@ pub fn render(tokens: &[Token]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     fn rules() -> HtmlRules {
         HtmlRules {
             strip_comments: true,
@@ -451,6 +544,72 @@ mod tests {
         ] {
             let _ = tokens(s, &rules());
         }
+    }
+
+    #[test]
+    fn the_side_by_side_walk_sees_the_token_stream_the_trees_see() {
+        let pieces = [
+            "<p>",
+            "</p>",
+            "<div class=a id=b>",
+            "<div id=b class=a>",
+            "</div>",
+            "text ",
+            "  \n ",
+            "<!-- c -->",
+            "<!--",
+            "<script>",
+            "</script>",
+            "x < y",
+            "<br/>",
+            "<input name=_token value=1>",
+            "<input name=\"_token\" value='2'>",
+            "<div id=debug>",
+            "<b>",
+            "</b>",
+            "<!DOCTYPE html>",
+            "<title>T</title>",
+            "<a href='x' nonce=n>",
+            "<a nonce=m href='x'>",
+            "</a>",
+            "<",
+            ">",
+            "</ div>",
+            "<P A=1 a=2>",
+            "<textarea>",
+            "\u{e9}",
+            "<>",
+            "</x>",
+            "<style>p{}</STYLE>",
+        ];
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut equal = 0;
+        for _ in 0..20_000 {
+            let doc: Vec<&str> = (0..next(20)).map(|_| pieces[next(pieces.len())]).collect();
+            let mut other = doc.clone();
+            if !other.is_empty() && next(2) == 0 {
+                let at = next(other.len());
+                other[at] = pieces[next(pieces.len())];
+            }
+            let (a, b) = (doc.concat(), other.concat());
+            for r in [rules(), HtmlRules::default()] {
+                let texts = |s: &str| -> Vec<String> {
+                    tokens(s, &r).into_iter().map(|t| t.text).collect()
+                };
+                let same = texts(&a) == texts(&b);
+                assert_eq!(same_tokens(&a, &b, &r), same, "{a:?} {b:?}");
+                if same && a != b {
+                    equal += 1;
+                }
+            }
+        }
+        assert!(equal > 500, "{equal} pairs equal only after normalization");
     }
 
     #[test]

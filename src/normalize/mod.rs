@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod html;
+mod lockstep;
 
 use crate::diff::{self, Captured, Comparator, DiffKind, Difference, FloatTolerance, Report};
 use crate::located::{toml_error, ConfigError};
@@ -607,6 +608,22 @@ impl Rules {
         v
     }
 
+    /// Whether two HTML bodies give the same normalized token stream: the same text after
+    /// the replacements, or the same tokens walked side by side (nothing kept).
+    fn same_html(&self, a: &[u8], b: &[u8]) -> bool {
+        let (va, vb) = (self.replaced(a), self.replaced(b));
+        if va == vb {
+            return true;
+        }
+        let mut rules = self.html.clone();
+        rules.fold_whitespace = self.fold_whitespace;
+        html::same_tokens(
+            &String::from_utf8_lossy(&va),
+            &String::from_utf8_lossy(&vb),
+            &rules,
+        )
+    }
+
     /// HTML body normalization: text replacements, then the token stream.
     pub fn html_tokens(&self, body: &[u8]) -> Vec<html::Token> {
         let v = self.replaced(body);
@@ -786,6 +803,46 @@ fn sort_arrays_at(v: &mut serde_json::Value, path: &[String]) {
 
 impl Comparator for Rules {
     fn compare(&self, legacy: &Captured, candidate: &Captured) -> Report {
+        self.compare_with(legacy, candidate, BodyPath::Walk)
+            .unwrap_or_default()
+    }
+}
+
+/// How bodies are compared.
+#[derive(Clone, Copy, PartialEq)]
+enum BodyPath {
+    /// The lockstep walks (JSON, HTML), then the trees when they cannot decide.
+    Walk,
+    /// The JSON walk only (the one fast enough for an IO thread): no answer when it cannot
+    /// decide.
+    WalkOnly,
+    /// The trees only.
+    Trees,
+}
+
+impl Rules {
+    /// The comparison without the fast walk: every body pair normalized whole and compared as
+    /// trees. Its report is the one `compare` gives; the differential tests and the fuzz
+    /// target hold the fast walk to it.
+    #[doc(hidden)]
+    pub fn compare_exhaustive(&self, legacy: &Captured, candidate: &Captured) -> Report {
+        self.compare_with(legacy, candidate, BodyPath::Trees)
+            .unwrap_or_default()
+    }
+
+    /// The comparison when it takes little time (equal bodies, or JSON bodies the lockstep
+    /// walk finds equal after the rules, of identity-encoded responses); None when the bodies need
+    /// the full comparison, which should then run off the proxy's IO threads.
+    pub fn compare_quickly(&self, legacy: &Captured, candidate: &Captured) -> Option<Report> {
+        self.compare_with(legacy, candidate, BodyPath::WalkOnly)
+    }
+
+    fn compare_with(
+        &self,
+        legacy: &Captured,
+        candidate: &Captured,
+        path: BodyPath,
+    ) -> Option<Report> {
         let mut differences = Vec::new();
         let (ls, cs) = (
             self.canonical_status(legacy.status),
@@ -807,10 +864,46 @@ impl Comparator for Rules {
                 &mut differences,
             );
         }
+        let unified = self.compare_bodies(legacy, candidate, &mut differences, path)?;
+        Some(Report {
+            differences,
+            unified,
+        })
+    }
+
+    /// Body differences into `differences`; returns the unified diff (None: `WalkOnly` and
+    /// the walk could not decide).
+    fn compare_bodies(
+        &self,
+        legacy: &Captured,
+        candidate: &Captured,
+        differences: &mut Vec<Difference>,
+        path: BodyPath,
+    ) -> Option<String> {
         let mut unified = String::new();
         // Normalization is a function of the body alone: equal bytes stay equal, whatever the rules.
         if legacy.body != candidate.body {
             let is_json = diff::looks_like_json(&legacy.headers, &legacy.body);
+            let now = response_time(&legacy.headers);
+            if path != BodyPath::Trees {
+                let walked = decode::identity_encoded(legacy)
+                    && decode::identity_encoded(candidate)
+                    && if is_json {
+                        lockstep::json_equal(&legacy.body, &candidate.body, self, now)
+                    } else if path == BodyPath::Walk
+                        && looks_like_html(&legacy.headers, &legacy.body)
+                    {
+                        self.same_html(&legacy.body, &candidate.body)
+                    } else {
+                        false
+                    };
+                if walked {
+                    return Some(unified);
+                }
+                if path == BodyPath::WalkOnly {
+                    return None;
+                }
+            }
             let parsed = if is_json {
                 match (
                     serde_json::from_slice::<serde_json::Value>(&legacy.body),
@@ -828,15 +921,14 @@ impl Comparator for Rules {
                 let b = self.html_tokens(&candidate.body);
                 let (ra, rb) = (html::render(&a), html::render(&b));
                 if ra != rb {
-                    diff_html(&a, &b, &mut differences);
+                    diff_html(&a, &b, differences);
                     unified = diff::unified(ra.as_bytes(), rb.as_bytes());
                 }
             } else if let Some((mut a, mut b)) = parsed {
-                let now = response_time(&legacy.headers);
                 self.normalize_json(&mut a, now);
                 self.normalize_json(&mut b, now);
                 let before = differences.len();
-                diff::diff_json("body", &a, &b, &self.tolerance, &mut differences);
+                diff::diff_json("body", &a, &b, &self.tolerance, differences);
                 if differences.len() > before {
                     let pa = serde_json::to_string_pretty(&a).unwrap_or_default();
                     let pb = serde_json::to_string_pretty(&b).unwrap_or_default();
@@ -845,15 +937,12 @@ impl Comparator for Rules {
             } else {
                 let a = self.normalize_text(&legacy.body);
                 let b = self.normalize_text(&candidate.body);
-                if !diff::diff_bodies(&legacy.headers, &a, &b, &self.tolerance, &mut differences) {
+                if !diff::diff_bodies(&legacy.headers, &a, &b, &self.tolerance, differences) {
                     unified = diff::unified(&a, &b);
                 }
             }
         }
-        Report {
-            differences,
-            unified,
-        }
+        Some(unified)
     }
 }
 

@@ -1,0 +1,682 @@
+//! The fast way to a match: both bodies walked side by side, once, without building trees.
+//! While the two sides hold the same bytes there is nothing to normalize; the rules are
+//! consulted only where they differ (is this pointer ignored? do these two times fold to the
+//! same placeholder? are these numbers within the tolerance?). The walk answers only "equal
+//! after the rules" or "not sure": anything it cannot decide exactly as the tree comparison
+//! would (a real difference, keys in another order, an escape it does not decode, a body
+//! `serde_json` would refuse) sends the pair to the tree comparison, which then builds the
+//! report. So a report is the same whichever path made it; `compare_exhaustive` and the
+//! differential tests and fuzz target hold the two to that.
+
+use super::Rules;
+
+/// Deeper nesting is left to the tree comparison (serde_json stops at 128 levels).
+const MAX_DEPTH: usize = 100;
+
+/// The walk cannot decide; the tree comparison will.
+#[derive(Debug)]
+pub(super) struct Undecided;
+
+type Step = Result<(), Undecided>;
+
+/// One step of the path from the root: a key (its span in the legacy body, between the
+/// quotes) or an array index.
+#[derive(Clone, Copy)]
+enum Seg {
+    Key {
+        start: usize,
+        end: usize,
+        escaped: bool,
+    },
+    Index(usize),
+}
+
+/// True when `legacy` and `candidate` are JSON documents equal after `rules` (with `now` the
+/// response's time, for time folding); false when that is not certain.
+pub(super) fn json_equal(legacy: &[u8], candidate: &[u8], rules: &Rules, now: f64) -> bool {
+    // serde_json takes UTF-8 only; outside strings every valid byte is ASCII, so checking
+    // the whole body is the same as checking its strings.
+    if std::str::from_utf8(legacy).is_err() || std::str::from_utf8(candidate).is_err() {
+        return false;
+    }
+    // Which ignore pointers still match the path walked so far is a bit set, one bit per
+    // pointer; more pointers than bits are left to the tree comparison.
+    let ignore = &rules.json_ignore;
+    if ignore.len() > 64 {
+        return false;
+    }
+    let mut ends = vec![0u64; MAX_DEPTH + 2];
+    let mut all = 0u64;
+    for (bit, p) in ignore.iter().enumerate() {
+        // An empty pointer removes nothing in the tree comparison, so it names nothing here.
+        if !p.is_empty() && p.len() < ends.len() {
+            ends[p.len()] |= 1 << bit;
+            all |= 1 << bit;
+        }
+    }
+    let mut walk = Walk {
+        l: legacy,
+        c: candidate,
+        i: 0,
+        j: 0,
+        rules,
+        now,
+        ends,
+        same_until: 0,
+        same_offset: 0,
+    };
+    walk.document(all).is_ok()
+}
+
+struct Walk<'a> {
+    l: &'a [u8],
+    c: &'a [u8],
+    i: usize,
+    j: usize,
+    rules: &'a Rules,
+    now: f64,
+    /// By depth: the ignore pointers that many segments long.
+    ends: Vec<u64>,
+    /// `l[i..same_until]` equals the candidate's bytes at `j` onwards (for the current
+    /// `j - i`): tokens that end before it are the same on both sides without a look.
+    same_until: usize,
+    /// `j - i` when `same_until` was measured.
+    same_offset: usize,
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && is_ws(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Bytes that end a run of plain string content: the quote, the backslash, and the control
+/// bytes serde_json refuses inside strings.
+static STRING_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// End (past the closing quote) of the string opening at `i`, and whether it has escapes.
+/// Refuses what serde_json refuses (control bytes, bad escapes) and, to stay on the safe
+/// side, surrogate escapes.
+fn lex_string(b: &[u8], i: usize) -> Result<(usize, bool), Undecided> {
+    let mut k = i + 1;
+    let mut escaped = false;
+    loop {
+        while k < b.len() && !STRING_STOP[b[k] as usize] {
+            k += 1;
+        }
+        match b.get(k) {
+            Some(b'"') => return Ok((k + 1, escaped)),
+            Some(b'\\') => {}
+            _ => return Err(Undecided),
+        }
+        escaped = true;
+        match b.get(k + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => k += 2,
+            Some(b'u') => {
+                let hex = b.get(k + 2..k + 6).ok_or(Undecided)?;
+                let text = std::str::from_utf8(hex).map_err(|_| Undecided)?;
+                let code = u16::from_str_radix(text, 16).map_err(|_| Undecided)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) || (0xD800..=0xDFFF).contains(&code) {
+                    return Err(Undecided);
+                }
+                k += 6;
+            }
+            _ => return Err(Undecided),
+        }
+    }
+}
+
+/// End of the number starting at `i`, with serde_json's grammar; numbers it could not hold
+/// (out of range) are left undecided.
+fn lex_number(b: &[u8], i: usize) -> Result<usize, Undecided> {
+    let digits = |mut k: usize| {
+        let s = k;
+        while k < b.len() && b[k].is_ascii_digit() {
+            k += 1;
+        }
+        (k, k - s)
+    };
+    let mut k = i;
+    if b.get(k) == Some(&b'-') {
+        k += 1;
+    }
+    match b.get(k) {
+        Some(b'0') => k += 1,
+        Some(b'1'..=b'9') => k = digits(k).0,
+        _ => return Err(Undecided),
+    }
+    let mut exponent = false;
+    if b.get(k) == Some(&b'.') {
+        let (e, n) = digits(k + 1);
+        if n == 0 {
+            return Err(Undecided);
+        }
+        k = e;
+    }
+    if matches!(b.get(k), Some(b'e' | b'E')) {
+        k += 1;
+        if matches!(b.get(k), Some(b'+' | b'-')) {
+            k += 1;
+        }
+        let (e, n) = digits(k);
+        if n == 0 {
+            return Err(Undecided);
+        }
+        k = e;
+        exponent = true;
+    }
+    // Without an exponent a number under 300 digits is finite; others are checked as
+    // serde_json would read them.
+    if exponent || k - i > 300 {
+        let text = std::str::from_utf8(&b[i..k]).map_err(|_| Undecided)?;
+        if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+            return Err(Undecided);
+        }
+    }
+    Ok(k)
+}
+
+/// End of the scalar (string, number, literal) starting at `i`.
+fn lex_scalar(b: &[u8], i: usize) -> Result<usize, Undecided> {
+    match b.get(i) {
+        Some(b'"') => Ok(lex_string(b, i)?.0),
+        Some(b'-' | b'0'..=b'9') => lex_number(b, i),
+        Some(b't') if b.get(i..i + 4) == Some(b"true") => Ok(i + 4),
+        Some(b'f') if b.get(i..i + 5) == Some(b"false") => Ok(i + 5),
+        Some(b'n') if b.get(i..i + 4) == Some(b"null") => Ok(i + 4),
+        _ => Err(Undecided),
+    }
+}
+
+/// Skips (and checks) the value starting at `i` on one side; returns its end.
+fn skip_value(b: &[u8], i: usize, depth: usize) -> Result<usize, Undecided> {
+    if depth > MAX_DEPTH {
+        return Err(Undecided);
+    }
+    let (open, close) = match b.get(i) {
+        Some(b'{') => (b'{', b'}'),
+        Some(b'[') => (b'[', b']'),
+        _ => return lex_scalar(b, i),
+    };
+    let mut k = skip_ws(b, i + 1);
+    if b.get(k) == Some(&close) {
+        return Ok(k + 1);
+    }
+    loop {
+        if open == b'{' {
+            if b.get(k) != Some(&b'"') {
+                return Err(Undecided);
+            }
+            k = skip_ws(b, lex_string(b, k)?.0);
+            if b.get(k) != Some(&b':') {
+                return Err(Undecided);
+            }
+            k = skip_ws(b, k + 1);
+        }
+        k = skip_ws(b, skip_value(b, k, depth + 1)?);
+        match b.get(k) {
+            Some(b',') => k = skip_ws(b, k + 1),
+            Some(&x) if x == close => return Ok(k + 1),
+            _ => return Err(Undecided),
+        }
+    }
+}
+
+/// Whether a pointer segment names `seg` (`*` names every key and index; an index is named
+/// by any segment that parses to it, as in the tree comparison).
+fn segment_matches(pattern: &str, seg: Seg, legacy: &[u8]) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match seg {
+        Seg::Index(n) => pattern.parse::<usize>() == Ok(n),
+        Seg::Key {
+            start,
+            end,
+            escaped,
+        } => {
+            let raw = &legacy[start..end];
+            if !escaped {
+                return pattern.as_bytes() == raw;
+            }
+            let mut quoted = Vec::with_capacity(raw.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(raw);
+            quoted.push(b'"');
+            serde_json::from_slice::<String>(&quoted).is_ok_and(|k| k == pattern)
+        }
+    }
+}
+
+impl Walk<'_> {
+    fn document(&mut self, pointers: u64) -> Step {
+        self.i = skip_ws(self.l, 0);
+        self.j = skip_ws(self.c, 0);
+        self.value(0, false, pointers)?;
+        if skip_ws(self.l, self.i) == self.l.len() && skip_ws(self.c, self.j) == self.c.len() {
+            Ok(())
+        } else {
+            Err(Undecided)
+        }
+    }
+
+    /// Whether the next `n` bytes are the same on both sides (from `i` and `j`).
+    fn same_for(&mut self, n: usize) -> bool {
+        let offset = self.j.wrapping_sub(self.i);
+        if offset == self.same_offset && self.i + n <= self.same_until {
+            return true;
+        }
+        // Measure the run of equal bytes from here, a block at a time, once per offset.
+        let (a, b) = (&self.l[self.i..], self.c.get(self.j..).unwrap_or(&[]));
+        let max = a.len().min(b.len());
+        let mut k = 0;
+        const BLOCK: usize = 64;
+        while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
+            k += BLOCK;
+        }
+        while k < max && a[k] == b[k] {
+            k += 1;
+        }
+        self.same_until = self.i + k;
+        self.same_offset = offset;
+        n <= k
+    }
+
+    /// The pointers of `parent` (matching the path so far, `depth` segments) that also match
+    /// `seg`, the next segment.
+    fn descend(&self, parent: u64, depth: usize, seg: Seg) -> u64 {
+        let mut out = 0;
+        let mut bits = parent;
+        while bits != 0 {
+            let bit = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let p = &self.rules.json_ignore[bit];
+            if p.len() > depth && segment_matches(&p[depth], seg, self.l) {
+                out |= 1 << bit;
+            }
+        }
+        out
+    }
+
+    /// The value at `self.i` / `self.j` (whitespace skipped). `in_array`: some ancestor is an
+    /// array, where only differences that fold to the same value are equal (a tolerance
+    /// would let the tree comparison call the array reordered). `pointers`: the ignore
+    /// pointers matching the path so far.
+    fn value(&mut self, depth: usize, in_array: bool, pointers: u64) -> Step {
+        if depth > MAX_DEPTH {
+            return Err(Undecided);
+        }
+        if pointers & self.ends[depth] != 0 {
+            self.i = skip_value(self.l, self.i, depth)?;
+            self.j = skip_value(self.c, self.j, depth)?;
+            return Ok(());
+        }
+        match (self.l.get(self.i), self.c.get(self.j)) {
+            (Some(b'{'), Some(b'{')) => self.object(depth, in_array, pointers),
+            (Some(b'['), Some(b'[')) => self.array(depth, pointers),
+            (Some(b'{' | b'['), _) | (_, Some(b'{' | b'[')) => Err(Undecided),
+            _ => self.scalar(in_array),
+        }
+    }
+
+    fn scalar(&mut self, in_array: bool) -> Step {
+        let end = lex_scalar(self.l, self.i)?;
+        let token = &self.l[self.i..end];
+        let n = token.len();
+        let runs_on =
+            |b: Option<&u8>| matches!(b, Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'));
+        if self.same_for(n) && !runs_on(self.c.get(self.j + n)) {
+            // The same bytes: the same token (a string ends at its quote; a number on the
+            // candidate's side must end where the legacy one does).
+            self.i = end;
+            self.j += n;
+            return Ok(());
+        }
+        let c_end = lex_scalar(self.c, self.j)?;
+        let parse =
+            |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).map_err(|_| Undecided);
+        let (mut a, mut b) = (parse(token)?, parse(&self.c[self.j..c_end])?);
+        if self.rules.times.any() {
+            self.rules.times.fold(&mut a, self.now);
+            self.rules.times.fold(&mut b, self.now);
+        }
+        let equal = if in_array {
+            a == b
+        } else {
+            let mut found = Vec::new();
+            crate::diff::diff_json("", &a, &b, &self.rules.tolerance, &mut found);
+            found.is_empty()
+        };
+        if !equal {
+            return Err(Undecided);
+        }
+        self.i = end;
+        self.j = c_end;
+        Ok(())
+    }
+
+    fn object(&mut self, depth: usize, in_array: bool, pointers: u64) -> Step {
+        self.i = skip_ws(self.l, self.i + 1);
+        self.j = skip_ws(self.c, self.j + 1);
+        match (self.l.get(self.i), self.c.get(self.j)) {
+            (Some(b'}'), Some(b'}')) => {
+                self.i += 1;
+                self.j += 1;
+                return Ok(());
+            }
+            (Some(b'"'), Some(b'"')) => {}
+            _ => return Err(Undecided),
+        }
+        loop {
+            // The same key on both sides, byte for byte (another order or spelling is left
+            // to the tree comparison).
+            let (end, escaped) = lex_string(self.l, self.i)?;
+            let key = &self.l[self.i..end];
+            if !self.same_for(key.len()) {
+                return Err(Undecided);
+            }
+            let seg = Seg::Key {
+                start: self.i + 1,
+                end: end - 1,
+                escaped,
+            };
+            let below = if pointers == 0 {
+                0
+            } else {
+                self.descend(pointers, depth, seg)
+            };
+            self.i = skip_ws(self.l, end);
+            self.j = skip_ws(self.c, self.j + key.len());
+            if self.l.get(self.i) != Some(&b':') || self.c.get(self.j) != Some(&b':') {
+                return Err(Undecided);
+            }
+            self.i = skip_ws(self.l, self.i + 1);
+            self.j = skip_ws(self.c, self.j + 1);
+            self.value(depth + 1, in_array, below)?;
+            if self.separator(b'}')? {
+                return Ok(());
+            }
+            if self.l.get(self.i) != Some(&b'"') || self.c.get(self.j) != Some(&b'"') {
+                return Err(Undecided);
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize, pointers: u64) -> Step {
+        self.i = skip_ws(self.l, self.i + 1);
+        self.j = skip_ws(self.c, self.j + 1);
+        match (self.l.get(self.i), self.c.get(self.j)) {
+            (Some(b']'), Some(b']')) => {
+                self.i += 1;
+                self.j += 1;
+                return Ok(());
+            }
+            (Some(b']'), _) | (_, Some(b']')) => return Err(Undecided),
+            _ => {}
+        }
+        let mut index = 0;
+        loop {
+            let below = if pointers == 0 {
+                0
+            } else {
+                self.descend(pointers, depth, Seg::Index(index))
+            };
+            self.value(depth + 1, true, below)?;
+            if self.separator(b']')? {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+
+    /// After a member: `,` (false, the next member's start reached) or `close` (true, past it)
+    /// on both sides.
+    fn separator(&mut self, close: u8) -> Result<bool, Undecided> {
+        self.i = skip_ws(self.l, self.i);
+        self.j = skip_ws(self.c, self.j);
+        match (self.l.get(self.i), self.c.get(self.j)) {
+            (Some(b','), Some(b',')) => {
+                self.i = skip_ws(self.l, self.i + 1);
+                self.j = skip_ws(self.c, self.j + 1);
+                Ok(false)
+            }
+            (Some(&a), Some(&b)) if a == close && b == close => {
+                self.i += 1;
+                self.j += 1;
+                Ok(true)
+            }
+            _ => Err(Undecided),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::{Captured, Comparator};
+    use crate::normalize::RuleSet;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    /// Response time of the corpus: epoch values near it fold, others do not.
+    const NOW: i64 = 1_795_000_000;
+
+    fn rules() -> Rules {
+        let text = "[json]\nignore = ['/a/*/b', '/x', '/*/0', '/token', '']\nunordered = ['/list', '/*/items']\nfloat_absolute = 1e-9\nfloat_relative = 1e-6\n";
+        Rules::compile(&[
+            Arc::new(RuleSet::builtin().expect("builtin")),
+            Arc::new(RuleSet::parse(text, "t.toml").expect("rules")),
+        ])
+    }
+
+    fn captured(body: Vec<u8>) -> Captured {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            http::header::DATE,
+            http::HeaderValue::from_static("Tue, 18 Nov 2026 07:33:20 GMT"),
+        );
+        Captured {
+            status: 200,
+            headers: h,
+            body: bytes::Bytes::from(body),
+        }
+    }
+
+    /// xorshift64*: a reproducible corpus without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "a", "b", "x", "id", "list", "items", "token", "t", "0", "a/b", "é",
+    ];
+
+    fn scalar(r: &mut Rng) -> Value {
+        match r.below(9) {
+            0 => json!(r.below(100)),
+            1 => json!(r.below(1000) as f64 / 8.0),
+            2 => json!(NOW + r.below(1000) as i64),
+            3 => json!((NOW + r.below(1000) as i64) * 1000),
+            4 => json!(format!("2026-11-{:02}T10:00:00Z", 1 + r.below(28))),
+            5 => json!(format!("s{}", r.below(5))),
+            6 => json!(r.below(2) == 0),
+            7 => Value::Null,
+            _ => json!(format!("tok-{:x}", r.next())),
+        }
+    }
+
+    fn value(r: &mut Rng, depth: usize) -> Value {
+        match if depth > 3 { 0 } else { r.below(4) } {
+            0 | 1 => scalar(r),
+            2 => {
+                let n = r.below(4);
+                Value::Array((0..n).map(|_| value(r, depth + 1)).collect())
+            }
+            _ => {
+                let mut m = serde_json::Map::new();
+                for _ in 0..r.below(5) {
+                    let k = r.pick(KEYS).to_string();
+                    m.insert(k, value(r, depth + 1));
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    /// A copy of `v` with some scalars changed: to a value the rules fold or tolerate, or to
+    /// a real difference.
+    fn mutate(r: &mut Rng, v: &Value) -> Value {
+        match v {
+            Value::Array(items) => {
+                let mut items: Vec<Value> = items.iter().map(|x| mutate(r, x)).collect();
+                if items.len() > 1 && r.below(12) == 0 {
+                    items.swap(0, 1);
+                }
+                if r.below(20) == 0 {
+                    items.pop();
+                }
+                Value::Array(items)
+            }
+            Value::Object(m) => {
+                let mut out = serde_json::Map::new();
+                for (k, x) in m {
+                    if r.below(25) == 0 {
+                        continue;
+                    }
+                    out.insert(k.clone(), mutate(r, x));
+                }
+                Value::Object(out)
+            }
+            scalar_value if r.below(6) == 0 => match (scalar_value, r.below(5)) {
+                (Value::Number(n), 0) => json!(n.as_f64().unwrap_or(0.0) * (1.0 + 1e-9)),
+                (Value::Number(n), 1) => json!(n.as_i64().map_or(0, |x| x + 1)),
+                (Value::Number(n), 2) => json!(n.as_f64().unwrap_or(0.0)),
+                (Value::String(s), 0) if s.starts_with("2026") => json!("2026-12-01T00:00:00Z"),
+                _ => scalar(r),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Text-level changes the tree comparison does not see (spacing, escapes) or that make
+    /// one side something serde_json refuses.
+    fn render(r: &mut Rng, v: &Value) -> Vec<u8> {
+        let mut text = if r.below(3) == 0 {
+            serde_json::to_vec_pretty(v).unwrap_or_default()
+        } else {
+            serde_json::to_vec(v).unwrap_or_default()
+        };
+        match r.below(20) {
+            0 => {
+                if let Some(p) = text.iter().position(|&b| b == b's') {
+                    text.splice(p..p + 1, b"\\u0073".iter().copied());
+                }
+            }
+            1 => text.truncate(text.len() / 2),
+            2 => text.extend_from_slice(b" x"),
+            3 => {
+                if let Some(p) = text.iter().position(|&b| b == b'{') {
+                    text.splice(p + 1..p + 1, b"\"x\":1,\"x\":2,".iter().copied());
+                }
+            }
+            4 => text.insert(0, b' '),
+            _ => {}
+        }
+        text
+    }
+
+    #[test]
+    fn the_walk_gives_the_tree_comparisons_report_on_a_generated_corpus() {
+        let rules = rules();
+        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut walked_equal, mut noisy_equal) = (0, 0);
+        for _ in 0..20_000 {
+            let v = value(&mut r, 0);
+            let w = mutate(&mut r, &v);
+            let (a, b) = (render(&mut r, &v), render(&mut r, &w));
+            let (l, c) = (captured(a.clone()), captured(b.clone()));
+            let fast = rules.compare(&l, &c);
+            let exhaustive = rules.compare_exhaustive(&l, &c);
+            assert_eq!(
+                fast,
+                exhaustive,
+                "{}\n{}",
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b)
+            );
+            if json_equal(&a, &b, &rules, NOW as f64) {
+                assert!(exhaustive.is_match());
+                walked_equal += 1;
+                if a != b {
+                    noisy_equal += 1;
+                }
+            }
+        }
+        // The corpus reaches the walk's every branch often enough to mean something.
+        assert!(
+            noisy_equal > 1000,
+            "{noisy_equal} noisy pairs decided by the walk"
+        );
+        assert!(walked_equal > noisy_equal, "{walked_equal}");
+    }
+
+    #[test]
+    fn the_walk_decides_noise_and_leaves_the_rest() {
+        let rules = rules();
+        let now = NOW as f64;
+        let eq = |a: &str, b: &str| json_equal(a.as_bytes(), b.as_bytes(), &rules, now);
+        // Ignored pointers, folded times, tolerated floats: equal.
+        assert!(eq(r#"{"token":"abc","n":1}"#, r#"{"token":"xyz","n":1}"#));
+        assert!(eq(r#"{"at":1795000001}"#, r#"{"at":1795000999}"#));
+        assert!(eq(r#"{"f":1.0}"#, r#"{"f":1.0000000001}"#));
+        assert!(eq(
+            r#"{"a":[{"b":1},{"b":2}]}"#,
+            r#"{"a":[{"b":3},{"b":4}]}"#
+        ));
+        assert!(eq("[1, 2]", "[1,2]"));
+        // Real differences, other orders, refused documents: left to the tree comparison.
+        assert!(!eq(r#"{"n":1}"#, r#"{"n":2}"#));
+        assert!(!eq(r#"{"n":1,"m":2}"#, r#"{"m":2,"n":1}"#));
+        assert!(
+            !eq(r#"[1.0]"#, r#"[1.0000000001]"#),
+            "tolerance inside arrays"
+        );
+        assert!(!eq(r#"{"n":1}"#, r#"{"n":1} x"#));
+        assert!(!eq(r#"{"n":12}"#, r#"{"n":123}"#));
+        assert!(!eq(r#"{"s":"a"}"#, "{\"s\":\"a\u{1}\"}"));
+        assert!(!eq(r#"{"s":"\ud800"}"#, r#"{"s":"\ud800 "}"#));
+        // The empty pointer in the rules removes nothing.
+        assert!(!eq(r#"{"n":1}"#, r#"{"n":5}"#));
+    }
+}
