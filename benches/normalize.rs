@@ -140,6 +140,13 @@ fn bench(c: &mut Criterion) {
             bench.iter(|| black_box(r.compare(black_box(&l), black_box(&cnd))))
         });
     }
+    // The floor of any validating walk: serde_json checking one 20 KB body and keeping nothing.
+    g.throughput(Throughput::Bytes(api_a.len() as u64));
+    g.bench_function("json_serde_scan_only_20kb", |bench| {
+        bench.iter(|| {
+            black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&api_a)).is_ok())
+        })
+    });
     g.finish();
 }
 

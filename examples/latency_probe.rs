@@ -4,7 +4,10 @@
 //! distribution before its percentiles are taken. (wrk prints percentiles per run, which cannot
 //! be merged, and Debian's wrk 4.1 does not expose its histogram to Lua scripts.)
 //!
-//! `cargo run --release --example latency_probe -- <http://host:port/path> <seconds> <out file>`
+//! `cargo run --release --example latency_probe -- <http://host:port/path> <seconds> <out file> [every ms]`
+//!
+//! With `every ms`, a request starts every that many milliseconds (a paced client beside a
+//! loaded proxy, as `scripts/bench-noisy` uses it) instead of back to back.
 //!
 //! Prints `<requests per second> <p50 ms> <p99 ms>` for this run. A response is read by its
 //! Content-Length or its chunked encoding (PHP's answers through FastCGI are chunked); anything
@@ -16,8 +19,18 @@ use std::time::{Duration, Instant};
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, secs, out] = args.as_slice() else {
-        return Err("usage: latency_probe <http://host:port/path> <seconds> <out file>".into());
+    let (url, secs, out, every) = match args.as_slice() {
+        [_, url, secs, out] => (url, secs, out, None),
+        [_, url, secs, out, every] => {
+            let ms: f64 = every.parse().map_err(|e| format!("every {every:?}: {e}"))?;
+            (url, secs, out, Some(Duration::from_secs_f64(ms / 1000.0)))
+        }
+        _ => {
+            return Err(
+                "usage: latency_probe <http://host:port/path> <seconds> <out file> [every ms]"
+                    .into(),
+            )
+        }
     };
     let rest = url
         .strip_prefix("http://")
@@ -41,7 +54,15 @@ fn main() -> Result<(), String> {
     let mut body = Vec::new();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
+    let mut next = start;
     while Instant::now() < end {
+        if let Some(every) = every {
+            // Paced: the next request starts on its tick, whatever the last one took.
+            next += every;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let sent = Instant::now();
         writer
             .write_all(request.as_bytes())

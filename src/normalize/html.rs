@@ -4,7 +4,7 @@
 //! (`html/body/form/input[2]`), so a difference says where it is. A forgiving scanner, not a
 //! validating parser: it never fails, whatever the bytes.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 
 /// A simple selector: `tag`, `#id`, `.class`, `[attr]`, `[attr=value]`, or a tag followed by
 /// any of those (`input[name=_token]`, `div.banner`).
@@ -71,8 +71,8 @@ impl Selector {
         Ok(sel)
     }
 
-    fn matches(&self, tag: &str, attrs: &[(String, String)]) -> bool {
-        let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    fn matches(&self, tag: &str, attrs: &[Attr]) -> bool {
+        let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
         if self.tag.as_deref().is_some_and(|t| t != tag) {
             return false;
         }
@@ -130,18 +130,32 @@ const VOID: &[&str] = &[
 ];
 const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title"];
 
-struct Open {
-    tag: String,
+/// An attribute: its name in lower case (borrowed when it already was) and its value.
+type Attr<'a> = (Cow<'a, str>, &'a str);
+
+/// `s` in ASCII lower case, borrowed when it already is.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+#[derive(Clone)]
+struct Open<'a> {
+    tag: Cow<'a, str>,
     /// Child element counts by tag, for sibling indexes.
     children: Vec<(String, usize)>,
     /// The element's full path, made once.
     path: std::sync::Arc<str>,
 }
 
-fn parse_attrs(s: &str) -> Vec<(String, String)> {
+/// The attributes of a tag's inside (after its name) into `out`.
+fn parse_attrs<'a>(s: &'a str, out: &mut Vec<Attr<'a>>) {
     let b = s.as_bytes();
     let mut i = 0;
-    let mut out = Vec::new();
+    out.clear();
     while i < b.len() {
         while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
             i += 1;
@@ -154,11 +168,11 @@ fn parse_attrs(s: &str) -> Vec<(String, String)> {
             i += 1;
             continue;
         }
-        let name = s[start..i].to_ascii_lowercase();
+        let name = lower(&s[start..i]);
         while i < b.len() && b[i].is_ascii_whitespace() {
             i += 1;
         }
-        let mut value = String::new();
+        let mut value = "";
         if i < b.len() && b[i] == b'=' {
             i += 1;
             while i < b.len() && b[i].is_ascii_whitespace() {
@@ -171,19 +185,18 @@ fn parse_attrs(s: &str) -> Vec<(String, String)> {
                 while i < b.len() && b[i] != q {
                     i += 1;
                 }
-                value = s[vs..i.min(b.len())].to_string();
+                value = &s[vs..i.min(b.len())];
                 i += 1;
             } else {
                 let vs = i;
                 while i < b.len() && !b[i].is_ascii_whitespace() {
                     i += 1;
                 }
-                value = s[vs..i].to_string();
+                value = &s[vs..i];
             }
         }
         out.push((name, value));
     }
-    out
 }
 
 fn fold(text: &str) -> String {
@@ -214,11 +227,12 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
 
 /// Whether two documents give the same token texts, walked side by side without keeping
 /// tokens or paths (the same stream as [`tokens`], so equal here is equal there).
-pub fn same_tokens(a: &str, b: &str, rules: &HtmlRules) -> bool {
+pub fn same_tokens<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules) -> bool {
     let mut sa = Scanner::new(a, rules, false);
     let mut sb = Scanner::new(b, rules, false);
     let (mut ta, mut tb) = (String::new(), String::new());
     loop {
+        leap(&mut sa, &mut sb, &mut ta);
         let next_a = next_token(&mut sa, &mut ta);
         let next_b = next_token(&mut sb, &mut tb);
         match (next_a, next_b) {
@@ -227,6 +241,57 @@ pub fn same_tokens(a: &str, b: &str, rules: &HtmlRules) -> bool {
             _ => return false,
         }
     }
+}
+
+/// When both scanners are in the same state before the same bytes, steps `a` alone over the
+/// steps that read only those bytes (each would give `b` the same token and state) and then
+/// gives `b` the state `a` reached: the bytes both pages share are tokenized once.
+fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>, scratch: &mut String) {
+    if a.raw_until.is_some()
+        || b.raw_until.is_some()
+        || a.skipping != b.skipping
+        || a.stack.len() != b.stack.len()
+        || a.stack.iter().zip(&b.stack).any(|(x, y)| x.tag != y.tag)
+    {
+        return;
+    }
+    let (ra, rb) = (&a.html.as_bytes()[a.i..], &b.html.as_bytes()[b.i..]);
+    let run = common_prefix(ra, rb);
+    // A step that reads to the end of the page reads past the shared bytes unless both pages
+    // end there.
+    let limit = if run == ra.len() && run == rb.len() {
+        a.i + run + 1
+    } else {
+        a.i + run
+    };
+    let start = a.i;
+    while a.i < a.html.len() && a.next_extent() <= limit {
+        scratch.clear();
+        if a.step(scratch).is_none() {
+            break;
+        }
+    }
+    if a.i == start {
+        return;
+    }
+    b.i += a.i - start;
+    b.stack.clone_from(&a.stack);
+    b.skipping.clone_from(&a.skipping);
+    b.raw_until = a.raw_until.map(|end| end - a.i + b.i);
+}
+
+/// Length of the longest common prefix of `a` and `b`.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let max = a.len().min(b.len());
+    let mut k = 0;
+    while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
+        k += BLOCK;
+    }
+    while k < max && a[k] == b[k] {
+        k += 1;
+    }
+    k
 }
 
 /// Steps `s` to its next token (into `text`); false at the end.
@@ -246,9 +311,11 @@ struct Scanner<'a> {
     html: &'a str,
     rules: &'a HtmlRules,
     i: usize,
-    stack: Vec<Open>,
+    stack: Vec<Open<'a>>,
     /// An ignored element being skipped, and how deep in it (None: not skipping).
-    skipping: Option<(String, usize)>,
+    skipping: Option<(Cow<'a, str>, usize)>,
+    /// The current tag's attributes (kept to reuse the allocation).
+    attrs: Vec<Attr<'a>>,
     /// Whether element paths are kept (for differences; the walk needs none).
     paths: bool,
     /// The path of the last token emitted.
@@ -265,15 +332,53 @@ impl<'a> Scanner<'a> {
             rules,
             i: 0,
             stack: vec![Open {
-                tag: String::new(),
+                tag: Cow::Borrowed(""),
                 children: Vec::new(),
                 path: root.clone(),
             }],
             skipping: None,
+            attrs: Vec::new(),
             paths,
             token_path: root,
             raw_until: None,
         }
+    }
+
+    /// How far (exclusive) the next step reads; past the page's end when it reads to the end.
+    /// A step that opens a raw-text element reads ahead to its closing tag: it counts as
+    /// reading everything.
+    fn next_extent(&self) -> usize {
+        let (bytes, i) = (self.html.as_bytes(), self.i);
+        let past_end = bytes.len() + 1;
+        if let Some(end) = self.raw_until {
+            return end;
+        }
+        let Some(rel) = memchr::memchr(b'<', &bytes[i..]) else {
+            return past_end;
+        };
+        if rel > 0 {
+            return i + rel + 1;
+        }
+        let rest = &bytes[i..];
+        if rest.starts_with(b"<!--") {
+            return memchr::memmem::find(rest, b"-->").map_or(past_end, |e| i + e + 3);
+        }
+        let Some(close) = memchr::memchr(b'>', rest) else {
+            return past_end;
+        };
+        let inner = &rest[1..close];
+        let name_end = inner
+            .iter()
+            .position(|&c| c.is_ascii_whitespace() || c == b'/')
+            .unwrap_or(inner.len());
+        let name = &inner[..name_end];
+        if RAW_TEXT
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return past_end;
+        }
+        i + close + 1
     }
 
     fn path(&self) -> std::sync::Arc<str> {
@@ -360,7 +465,7 @@ impl<'a> Scanner<'a> {
             return Some(true);
         }
         if let Some(name) = inner.strip_prefix('/') {
-            let tag = name.trim().to_ascii_lowercase();
+            let tag = lower(name.trim());
             if let Some((skip_tag, depth)) = &mut self.skipping {
                 if *skip_tag == tag {
                     *depth -= 1;
@@ -387,14 +492,14 @@ impl<'a> Scanner<'a> {
         let name_end = inner
             .find(|c: char| c.is_ascii_whitespace() || c == '/')
             .unwrap_or(inner.len());
-        let tag = inner[..name_end].to_ascii_lowercase();
+        let tag = lower(&inner[..name_end]);
         if tag.is_empty() {
             // A `<` that opens nothing: text, and scanning resumes after it.
             self.i = i + 1;
             return Some(self.text("<", out));
         }
         let self_closing = inner.ends_with('/');
-        let is_void = VOID.contains(&tag.as_str()) || self_closing;
+        let is_void = VOID.contains(&&*tag) || self_closing;
         if let Some((skip_tag, depth)) = &mut self.skipping {
             if *skip_tag == tag && !is_void {
                 *depth += 1;
@@ -402,12 +507,14 @@ impl<'a> Scanner<'a> {
             return Some(false);
         }
         let rules = self.rules;
-        let mut attrs = parse_attrs(&inner[name_end..]);
+        let mut attrs = std::mem::take(&mut self.attrs);
+        parse_attrs(&inner[name_end..], &mut attrs);
         if rules
             .ignore_elements
             .iter()
             .any(|s| s.matches(&tag, &attrs))
         {
+            self.attrs = attrs;
             if !is_void {
                 self.skipping = Some((tag, 1));
             }
@@ -420,9 +527,14 @@ impl<'a> Scanner<'a> {
         out.push('<');
         out.push_str(&tag);
         for (k, v) in &attrs {
-            let _ = write!(out, " {k}=\"{v}\"");
+            out.push(' ');
+            out.push_str(k);
+            out.push_str("=\"");
+            out.push_str(v);
+            out.push('"');
         }
         out.push('>');
+        self.attrs = attrs;
         let tag_path: std::sync::Arc<str> = if self.paths {
             // Sibling index among same-tag children of the parent.
             let parent = self.stack.last_mut().map(|p| {
@@ -432,14 +544,14 @@ impl<'a> Scanner<'a> {
                         e.1
                     }
                     None => {
-                        p.children.push((tag.clone(), 1));
+                        p.children.push((tag.to_string(), 1));
                         1
                     }
                 }
             });
             let label = match parent {
                 Some(n) if n > 1 => format!("{tag}[{n}]"),
-                _ => tag.clone(),
+                _ => tag.to_string(),
             };
             let base = self.path();
             if base.is_empty() {
@@ -454,7 +566,7 @@ impl<'a> Scanner<'a> {
             self.token_path = tag_path.clone();
         }
         if !is_void {
-            if RAW_TEXT.contains(&tag.as_str()) {
+            if RAW_TEXT.contains(&&*tag) {
                 // Raw text up to the closing tag: the next step's token.
                 let end = find_ci(html, &format!("</{tag}"), self.i).unwrap_or(len);
                 self.stack.push(Open {

@@ -617,11 +617,7 @@ impl Rules {
         }
         let mut rules = self.html.clone();
         rules.fold_whitespace = self.fold_whitespace;
-        html::same_tokens(
-            &String::from_utf8_lossy(&va),
-            &String::from_utf8_lossy(&vb),
-            &rules,
-        )
+        html::same_tokens(&text_of(&va), &text_of(&vb), &rules)
     }
 
     /// HTML body normalization: text replacements, then the token stream.
@@ -629,7 +625,7 @@ impl Rules {
         let v = self.replaced(body);
         let mut rules = self.html.clone();
         rules.fold_whitespace = self.fold_whitespace;
-        html::tokens(&String::from_utf8_lossy(&v), &rules)
+        html::tokens(&text_of(&v), &rules)
     }
 
     /// Text body normalization: regex replacements, then whitespace folding.
@@ -667,6 +663,14 @@ impl Rules {
         for p in &self.json_unordered {
             sort_arrays_at(v, p);
         }
+    }
+}
+
+/// The body as text, invalid UTF-8 replaced (checked the fast way first: most pages are valid).
+fn text_of(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(body) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(body),
     }
 }
 
