@@ -256,7 +256,7 @@ fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>, scratch: &mut String) {
         return;
     }
     let (ra, rb) = (&a.html.as_bytes()[a.i..], &b.html.as_bytes()[b.i..]);
-    let run = common_prefix(ra, rb);
+    let run = super::common_prefix(ra, rb);
     // A step that reads to the end of the page reads past the shared bytes unless both pages
     // end there.
     let limit = if run == ra.len() && run == rb.len() {
@@ -278,20 +278,6 @@ fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>, scratch: &mut String) {
     b.stack.clone_from(&a.stack);
     b.skipping.clone_from(&a.skipping);
     b.raw_until = a.raw_until.map(|end| end - a.i + b.i);
-}
-
-/// Length of the longest common prefix of `a` and `b`.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 64;
-    let max = a.len().min(b.len());
-    let mut k = 0;
-    while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
-        k += BLOCK;
-    }
-    while k < max && a[k] == b[k] {
-        k += 1;
-    }
-    k
 }
 
 /// Steps `s` to its next token (into `text`); false at the end.

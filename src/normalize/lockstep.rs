@@ -281,17 +281,8 @@ impl Walk<'_> {
         if offset == self.same_offset && self.i + n <= self.same_until {
             return true;
         }
-        // Measure the run of equal bytes from here, a block at a time, once per offset.
-        let (a, b) = (&self.l[self.i..], self.c.get(self.j..).unwrap_or(&[]));
-        let max = a.len().min(b.len());
-        let mut k = 0;
-        const BLOCK: usize = 64;
-        while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
-            k += BLOCK;
-        }
-        while k < max && a[k] == b[k] {
-            k += 1;
-        }
+        // Measure the run of equal bytes from here, once per offset.
+        let k = super::common_prefix(&self.l[self.i..], self.c.get(self.j..).unwrap_or(&[]));
         self.same_until = self.i + k;
         self.same_offset = offset;
         n <= k
@@ -371,16 +362,11 @@ impl Walk<'_> {
     }
 
     fn object(&mut self, depth: usize, in_array: bool, pointers: u64) -> Step {
-        self.i = skip_ws(self.l, self.i + 1);
-        self.j = skip_ws(self.c, self.j + 1);
-        match (self.l.get(self.i), self.c.get(self.j)) {
-            (Some(b'}'), Some(b'}')) => {
-                self.i += 1;
-                self.j += 1;
-                return Ok(());
-            }
-            (Some(b'"'), Some(b'"')) => {}
-            _ => return Err(Undecided),
+        if self.enter(b'}')? {
+            return Ok(());
+        }
+        if self.l.get(self.i) != Some(&b'"') || self.c.get(self.j) != Some(&b'"') {
+            return Err(Undecided);
         }
         loop {
             // The same key on both sides, byte for byte (another order or spelling is left
@@ -418,16 +404,8 @@ impl Walk<'_> {
     }
 
     fn array(&mut self, depth: usize, pointers: u64) -> Step {
-        self.i = skip_ws(self.l, self.i + 1);
-        self.j = skip_ws(self.c, self.j + 1);
-        match (self.l.get(self.i), self.c.get(self.j)) {
-            (Some(b']'), Some(b']')) => {
-                self.i += 1;
-                self.j += 1;
-                return Ok(());
-            }
-            (Some(b']'), _) | (_, Some(b']')) => return Err(Undecided),
-            _ => {}
+        if self.enter(b']')? {
+            return Ok(());
         }
         let mut index = 0;
         loop {
@@ -441,6 +419,25 @@ impl Walk<'_> {
                 return Ok(());
             }
             index += 1;
+        }
+    }
+
+    /// Past the opening bracket on both sides: true (and past `close` too) when both are
+    /// empty; undecided when only one is.
+    fn enter(&mut self, close: u8) -> Result<bool, Undecided> {
+        self.i = skip_ws(self.l, self.i + 1);
+        self.j = skip_ws(self.c, self.j + 1);
+        match (
+            self.l.get(self.i) == Some(&close),
+            self.c.get(self.j) == Some(&close),
+        ) {
+            (true, true) => {
+                self.i += 1;
+                self.j += 1;
+                Ok(true)
+            }
+            (false, false) => Ok(false),
+            _ => Err(Undecided),
         }
     }
 

@@ -666,6 +666,21 @@ impl Rules {
     }
 }
 
+/// Length of the longest common prefix of `a` and `b`, compared a block at a time (the walks
+/// skip what both sides share with it).
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let max = a.len().min(b.len());
+    let mut k = 0;
+    while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
+        k += BLOCK;
+    }
+    while k < max && a[k] == b[k] {
+        k += 1;
+    }
+    k
+}
+
 /// The body as text, invalid UTF-8 replaced (checked the fast way first: most pages are valid).
 fn text_of(body: &[u8]) -> std::borrow::Cow<'_, str> {
     match std::str::from_utf8(body) {
