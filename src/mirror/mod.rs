@@ -635,7 +635,7 @@ async fn exchange(
     // body) is compared on the blocking pool, so the clients of this thread do not wait.
     let identity = crate::normalize::decode::identity_encoded;
     let walkable = |c: &Captured| {
-        c.body == legacy.body || legacy.body.len() + c.body.len() <= INLINE_WALK_BYTES
+        legacy.body.len() + c.body.len() <= INLINE_WALK_BYTES || c.body == legacy.body
     };
     let quick = if large
         || !walkable(&candidate)

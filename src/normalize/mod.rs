@@ -405,6 +405,8 @@ impl Rules {
             r.text_replaces.extend(s.text_replaces.iter().cloned());
             if let Some(w) = f.text.fold_whitespace {
                 r.fold_whitespace = w;
+                // HTML text folds as `[text]` says, decided once here.
+                r.html.fold_whitespace = w;
             }
             if let Some(c) = f.html.strip_comments {
                 r.html.strip_comments = c;
@@ -615,17 +617,13 @@ impl Rules {
         if va == vb {
             return true;
         }
-        let mut rules = self.html.clone();
-        rules.fold_whitespace = self.fold_whitespace;
-        html::same_tokens(&text_of(&va), &text_of(&vb), &rules)
+        html::same_tokens(&text_of(&va), &text_of(&vb), &self.html)
     }
 
     /// HTML body normalization: text replacements, then the token stream.
     pub fn html_tokens(&self, body: &[u8]) -> Vec<html::Token> {
         let v = self.replaced(body);
-        let mut rules = self.html.clone();
-        rules.fold_whitespace = self.fold_whitespace;
-        html::tokens(&text_of(&v), &rules)
+        html::tokens(&text_of(&v), &self.html)
     }
 
     /// Text body normalization: regex replacements, then whitespace folding.
