@@ -234,23 +234,35 @@ async fn fastcgi_connections_are_kept_when_asked_and_bounded() {
         "index = \"index.php\"\nkeep_connections = 2",
     );
     let proxy = cutover(&config).await;
-    // 40 requests, 8 at a time, through at most 2 connections: every answer right.
+    // 40 requests, 8 at a time, through at most 2 connections: every answer right. Every
+    // other one a POST whose body takes several STDIN records (written while PHP answers).
     let mut tasks = Vec::new();
+    let mut workers = std::collections::BTreeSet::new();
     for i in 0..40 {
         let addr = proxy.proxy_addr;
         tasks.push(tokio::spawn(async move {
-            get(addr, &format!("/fpm/query?i={i}"), &[]).await
+            let sent = if i % 2 == 0 { 0 } else { 100_000 + i };
+            let request = format!(
+                "POST /fpm/worker?i={i} HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {sent}\r\nConnection: close\r\n\r\n{}",
+                "b".repeat(sent)
+            );
+            (sent, raw_request(addr, request.as_bytes()).await)
         }));
-        if tasks.len() == 8 {
+        if tasks.len() == 8 || i == 39 {
             for t in tasks.drain(..) {
-                let r = t.await.expect("task");
+                let (sent, r) = t.await.expect("task");
                 assert_eq!(r.status, 200);
+                let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+                assert_eq!(v["length"], sent, "PHP read the whole body");
+                workers.insert(v["pid"].as_u64().expect("pid"));
             }
         }
     }
-    for t in tasks {
-        assert_eq!(t.await.expect("task").status, 200);
-    }
+    // A kept connection keeps its PHP-FPM worker: the connections were reused.
+    assert!(
+        (1..=2).contains(&workers.len()),
+        "40 requests over at most 2 kept connections reach at most 2 workers, reached {workers:?}"
+    );
     // Kept open for the next request (FCGI_KEEP_CONN), never more than keep_connections.
     let open = established_to(fpm.tcp);
     assert!(

@@ -209,9 +209,9 @@ pub fn peers_of(parts: &http::request::Parts) -> super::fastcgi::Peers {
         hops.next()?.parse::<std::net::IpAddr>().ok()
     });
     super::fastcgi::Peers {
-        remote_addr: named.unwrap_or(peer.ip()).to_string(),
+        remote_addr: named.unwrap_or(peer.ip()),
         remote_port: if named.is_some() { 0 } else { peer.port() },
-        server_addr: local.ip().to_string(),
+        server_addr: local.ip(),
         server_port: local.port(),
         https,
     }

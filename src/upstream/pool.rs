@@ -442,7 +442,7 @@ enum Kind {
         inner: Incoming,
         lease: Option<Lease>,
     },
-    Stream(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>),
+    FastCgi(super::fastcgi::client::ResponseBody),
     File(super::body::FileBody),
     Empty,
 }
@@ -472,10 +472,10 @@ impl UpstreamBody {
         body
     }
 
-    /// A body whose chunks arrive on `rx` (ended when the sender is dropped).
-    pub fn stream(rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>) -> UpstreamBody {
+    /// PHP's response, read from PHP-FPM as it is taken.
+    pub fn fastcgi(body: super::fastcgi::client::ResponseBody) -> UpstreamBody {
         UpstreamBody {
-            kind: Kind::Stream(rx),
+            kind: Kind::FastCgi(body),
         }
     }
 
@@ -531,7 +531,7 @@ impl Body for UpstreamBody {
                 }
                 polled.map(|f| f.map(|r| r.map_err(Into::into)))
             }
-            Kind::Stream(rx) => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            Kind::FastCgi(b) => Pin::new(b).poll_frame(cx),
             Kind::File(f) => Pin::new(f)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),
@@ -542,7 +542,7 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Http { inner, .. } => inner.is_end_stream(),
-            Kind::Stream(_) => false,
+            Kind::FastCgi(b) => b.is_end_stream(),
             Kind::File(f) => f.is_end_stream(),
             Kind::Empty => true,
         }
@@ -551,7 +551,7 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Http { inner, .. } => inner.size_hint(),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::FastCgi(_) => SizeHint::default(),
             Kind::File(f) => f.size_hint(),
             Kind::Empty => SizeHint::with_exact(0),
         }

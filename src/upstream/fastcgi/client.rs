@@ -1,35 +1,44 @@
 //! The FastCGI exchange: a connection per request at a time, kept open between requests
-//! (`FCGI_KEEP_CONN`) under the same bounds as HTTP upstream connections, and driven by a task
-//! that writes the request (parameters, then the body as STDIN) while it reads the response:
-//! the CGI head is handed over as soon as it is complete, the body streamed as PHP writes it,
-//! PHP's STDERR logged, and END_REQUEST — sent by PHP-FPM after the request's shutdown, so
-//! after PHP has written its session — ends the body.
+//! (`FCGI_KEEP_CONN`) under the same bounds as HTTP upstream connections. The request goes out
+//! in one write when it has no body, else its body is streamed as STDIN by a task of its own
+//! while the response is read; the response is read as the client takes it (no task, no
+//! channel): the CGI head first, then the body as PHP writes it, PHP's STDERR logged, and
+//! END_REQUEST — sent by PHP-FPM after the request's shutdown, so after PHP has written its
+//! session — ends the body and gives the connection back.
 
 use super::{
-    begin_request, encode_params, encode_record, encode_stream, end_status, head_end,
-    parse_cgi_head, Peers, ProtocolError, RecordReader, Target, END_REQUEST, PARAMS, STDERR, STDIN,
-    STDOUT,
+    begin_request, encode_params, encode_record, encode_request_params, encode_stream, end_status,
+    head_end, parse_cgi_head, Peers, ProtocolError, RecordReader, Target, END_REQUEST, PARAMS,
+    STDERR, STDIN, STDOUT,
 };
 use crate::upstream::body::{BoxError, FileBody, ProxyBody};
 use crate::upstream::pool::{Limits, UpstreamBody, UpstreamError};
 use crate::upstream::{Transport, UpstreamUrl};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 
 /// A connection to PHP-FPM, TCP or Unix.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// A connection with its place among the upstream's `max_open`.
+/// A connection with its place among the upstream's `max_open`, and the buffer its records
+/// are read into: kept with it, so that a kept connection reads into the same memory once the
+/// client has taken the last response's chunks.
 struct Conn {
     io: Box<dyn Io>,
     place: Place,
+    records: RecordReader,
 }
 
 /// A place among `max_open`; given back when the connection closes, and a waiting request told.
@@ -185,6 +194,7 @@ impl FcgiPool {
                     permit: Some(permit),
                     host: Arc::downgrade(&host),
                 },
+                records: RecordReader::default(),
             },
             host,
         ))
@@ -210,39 +220,63 @@ impl FcgiPool {
             } => (script_name, filename, path_info),
         };
         let body_len = http_body::Body::size_hint(&body).exact();
-        let params = super::params(
+        let params = encode_request_params(
             &app,
             &parts,
             (&script_name, &filename, &path_info),
             &peers,
             body_len,
         );
+        drop(parts);
         let keep = app.keep_connections > 0;
-        let mut head = BytesMut::new();
-        begin_request(&mut head, REQUEST_ID, keep);
-        encode_stream(&mut head, PARAMS, REQUEST_ID, &encode_params(&params));
-        encode_record(&mut head, PARAMS, REQUEST_ID, b"");
+        // Without a body (most requests), the request and its end of STDIN go out in one write.
+        let bodiless = http_body::Body::is_end_stream(&body);
+        let records = params.len().div_ceil(super::MAX_CONTENT).max(1) + 3;
+        let mut request = BytesMut::with_capacity(params.len() + 16 * records);
+        begin_request(&mut request, REQUEST_ID, keep);
+        encode_stream(&mut request, PARAMS, REQUEST_ID, &params);
+        encode_record(&mut request, PARAMS, REQUEST_ID, b"");
+        if bodiless {
+            encode_record(&mut request, STDIN, REQUEST_ID, b"");
+        }
         let (conn, host) = self.checkout(url).await?;
-        let (head_tx, head_rx) = oneshot::channel();
-        let (chunk_tx, chunk_rx) = mpsc::channel(8);
-        tokio::spawn(drive(Drive {
-            conn,
+        let Conn { io, place, records } = conn;
+        let wire = if bodiless {
+            let mut io = io;
+            io.write_all(&request).await.map_err(UpstreamError::Io)?;
+            io.flush().await.map_err(UpstreamError::Io)?;
+            Wire::Whole(io)
+        } else {
+            let (rd, wr) = tokio::io::split(io);
+            let writer = tokio::spawn(write_body(wr, request.freeze(), body));
+            Wire::Split {
+                rd,
+                writer: AbortOnDropHandle::new(writer),
+            }
+        };
+        let mut exchange = Exchange {
+            wire,
+            place,
             host,
             keep,
-            request: head.freeze(),
-            body,
-            head_tx,
-            chunk_tx,
-        }));
-        match head_rx.await {
-            Ok(Ok((status, headers))) => {
-                let mut resp = Response::new(UpstreamBody::stream(chunk_rx));
+            response: ResponseRecords {
+                records,
+                head: Some(BytesMut::new()),
+                rest: None,
+                ended: None,
+            },
+        };
+        match std::future::poll_fn(|cx| exchange.poll_event(cx)).await? {
+            Event::Head((status, headers)) => {
+                let mut resp = Response::new(UpstreamBody::fastcgi(ResponseBody {
+                    exchange: Some(exchange),
+                }));
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
                 Ok(resp)
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(UpstreamError::FastCgi(ProtocolError::Closed)),
+            // The head always comes first.
+            Event::Chunk(_) | Event::End => Err(UpstreamError::FastCgi(ProtocolError::Closed)),
         }
     }
 }
@@ -345,166 +379,225 @@ async fn still_open(io: &mut Box<dyn Io>) -> bool {
 
 type Head = (StatusCode, http::HeaderMap);
 
-struct Drive {
-    conn: Conn,
-    host: Arc<Host>,
-    /// The connection was asked to stay open (and may go back to the pool).
-    keep: bool,
+/// Writes a request and streams its body as STDIN; gives the write half back when all of it is
+/// written.
+async fn write_body(
+    mut wr: WriteHalf<Box<dyn Io>>,
     request: Bytes,
-    body: ProxyBody,
-    head_tx: oneshot::Sender<Result<Head, UpstreamError>>,
-    chunk_tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    mut body: ProxyBody,
+) -> std::io::Result<WriteHalf<Box<dyn Io>>> {
+    wr.write_all(&request).await?;
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(std::io::Error::other("the request body failed"));
+        };
+        if let Ok(data) = frame.into_data() {
+            out.clear();
+            encode_stream(&mut out, STDIN, REQUEST_ID, &data);
+            wr.write_all(&out).await?;
+        }
+    }
+    out.clear();
+    encode_record(&mut out, STDIN, REQUEST_ID, b"");
+    wr.write_all(&out).await?;
+    wr.flush().await?;
+    Ok(wr)
 }
 
-/// Writes the request and reads the response on one connection; gives the connection back to
-/// the pool when the request ended cleanly.
-async fn drive(d: Drive) {
-    let Conn { io, place } = d.conn;
-    let (mut rd, mut wr) = tokio::io::split(io);
-    let body = d.body;
-    // Without a body (most requests), the request and its end of STDIN go out in one write.
-    let bodiless = http_body::Body::is_end_stream(&body);
-    let request = if bodiless {
-        let mut r = BytesMut::from(&d.request[..]);
-        encode_record(&mut r, STDIN, REQUEST_ID, b"");
-        r.freeze()
-    } else {
-        d.request
-    };
-    let write = async move {
-        wr.write_all(&request).await?;
-        if bodiless {
-            wr.flush().await?;
-            return Ok(wr);
+/// The connection during an exchange.
+enum Wire {
+    /// The request was written whole: the response is read from the connection itself.
+    Whole(Box<dyn Io>),
+    /// The request body is still being written by its own task while the response is read
+    /// (PHP may answer before it has read all of it).
+    Split {
+        rd: ReadHalf<Box<dyn Io>>,
+        writer: AbortOnDropHandle<std::io::Result<WriteHalf<Box<dyn Io>>>>,
+    },
+}
+
+/// What a response's records say, in order: the head, body chunks, the end.
+enum Event {
+    Head(Head),
+    Chunk(Bytes),
+    End,
+}
+
+/// One response's records, read off its connection.
+struct ResponseRecords {
+    records: RecordReader,
+    /// The CGI head so far, until it is complete (PHP may write it in pieces).
+    head: Option<BytesMut>,
+    /// Body bytes that came in the record that ended the head.
+    rest: Option<Bytes>,
+    /// END_REQUEST came: whether nothing followed it (the connection may serve another).
+    ended: Option<bool>,
+}
+
+impl ResponseRecords {
+    fn poll_event<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut R,
+    ) -> Poll<Result<Event, UpstreamError>> {
+        if let Some(rest) = self.rest.take() {
+            return Poll::Ready(Ok(Event::Chunk(rest)));
         }
-        let mut body = body;
-        let mut out = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else {
-                return Err(std::io::Error::other("the request body failed"));
-            };
-            if let Ok(data) = frame.into_data() {
-                out.clear();
-                encode_stream(&mut out, STDIN, REQUEST_ID, &data);
-                wr.write_all(&out).await?;
-            }
+        if self.ended.is_some() {
+            return Poll::Ready(Ok(Event::End));
         }
-        out.clear();
-        encode_record(&mut out, STDIN, REQUEST_ID, b"");
-        wr.write_all(&out).await?;
-        wr.flush().await?;
-        Ok::<_, std::io::Error>(wr)
-    };
-    let mut head_tx = Some(d.head_tx);
-    let chunk_tx = d.chunk_tx;
-    let read = async {
-        let mut reader = RecordReader::default();
-        let mut head_buf = BytesMut::new();
-        let mut client_gone = false;
+        let fcgi = UpstreamError::FastCgi;
         loop {
-            while let Some(rec) = reader.next_record().map_err(UpstreamError::FastCgi)? {
+            while let Some(rec) = self.records.next_record().map_err(fcgi)? {
                 if rec.request_id != REQUEST_ID {
                     continue;
                 }
                 match rec.kind {
                     STDOUT if !rec.content.is_empty() => {
-                        if let Some(tx) = head_tx.take() {
-                            head_buf.extend_from_slice(&rec.content);
-                            match head_end(&head_buf).map_err(UpstreamError::FastCgi)? {
-                                Some(end) => {
-                                    let head = parse_cgi_head(&head_buf[..end])
-                                        .map_err(UpstreamError::FastCgi)?;
-                                    let _ = tx.send(Ok(head));
-                                    let rest = head_buf.split_off(end).freeze();
-                                    if !rest.is_empty() && !client_gone {
-                                        client_gone = chunk_tx.send(Ok(rest)).await.is_err();
-                                    }
+                        let Some(buf) = &mut self.head else {
+                            return Poll::Ready(Ok(Event::Chunk(rec.content)));
+                        };
+                        // Most heads come whole in the first record: parsed there, not copied.
+                        let (head, rest) = if buf.is_empty() {
+                            match head_end(&rec.content).map_err(fcgi)? {
+                                Some(end) => (rec.content.slice(..end), rec.content.slice(end..)),
+                                None => {
+                                    buf.extend_from_slice(&rec.content);
+                                    continue;
                                 }
-                                None => head_tx = Some(tx),
                             }
-                        } else if !client_gone {
-                            client_gone = chunk_tx.send(Ok(rec.content)).await.is_err();
+                        } else {
+                            buf.extend_from_slice(&rec.content);
+                            match head_end(buf).map_err(fcgi)? {
+                                Some(end) => {
+                                    let rest = buf.split_off(end).freeze();
+                                    (std::mem::take(buf).freeze(), rest)
+                                }
+                                None => continue,
+                            }
+                        };
+                        self.head = None;
+                        if !rest.is_empty() {
+                            self.rest = Some(rest);
                         }
+                        return Poll::Ready(parse_cgi_head(&head).map(Event::Head).map_err(fcgi));
                     }
                     STDERR if !rec.content.is_empty() => {
                         let text = String::from_utf8_lossy(&rec.content);
                         tracing::warn!(target: "cutover::php", stderr = %text.trim_end(), "PHP-FPM stderr");
                     }
                     END_REQUEST => {
-                        let status = end_status(&rec.content).map_err(UpstreamError::FastCgi)?;
+                        let status = end_status(&rec.content).map_err(fcgi)?;
                         if status != 0 {
-                            return Err(UpstreamError::FastCgi(ProtocolError::Refused(status)));
+                            return Poll::Ready(Err(fcgi(ProtocolError::Refused(status))));
                         }
-                        if let Some(tx) = head_tx.take() {
+                        self.ended = Some(self.records.pending() == 0);
+                        return Poll::Ready(match self.head.take() {
                             // Output without a blank line: all of it is the head.
-                            let head = parse_cgi_head(&head_buf).map_err(UpstreamError::FastCgi)?;
-                            let _ = tx.send(Ok(head));
-                        }
-                        // Reusable only if nothing follows the request's records.
-                        return Ok(reader.pending() == 0 && !client_gone);
+                            Some(head) => parse_cgi_head(&head).map(Event::Head).map_err(fcgi),
+                            None => Ok(Event::End),
+                        });
                     }
                     _ => {}
                 }
             }
             // Straight into the reader's buffer: no copy, no zeroed scratch buffer.
-            let n = rd
-                .read_buf(reader.buffer(READ_CHUNK))
-                .await
+            let buf = self.records.buffer(READ_CHUNK);
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf))
                 .map_err(UpstreamError::Io)?;
             if n == 0 {
-                return Err(UpstreamError::FastCgi(ProtocolError::Closed));
+                return Poll::Ready(Err(fcgi(ProtocolError::Closed)));
             }
         }
-    };
-    // PHP may answer (and end the request) without reading all of the body: the response
-    // does not wait for the write, and a connection whose write did not finish is not reused.
-    let (written, read) = {
-        let mut write = std::pin::pin!(write);
-        let mut read = std::pin::pin!(read);
-        let mut written = None;
-        let read = loop {
-            tokio::select! {
-                biased;
-                w = &mut write, if written.is_none() => written = Some(w),
-                r = &mut read => break r,
-            }
+    }
+}
+
+/// A request in progress on its connection.
+struct Exchange {
+    wire: Wire,
+    place: Place,
+    host: Arc<Host>,
+    /// The connection was asked to stay open (and may go back to the pool).
+    keep: bool,
+    response: ResponseRecords,
+}
+
+impl Exchange {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Event, UpstreamError>> {
+        match &mut self.wire {
+            Wire::Whole(io) => self.response.poll_event(cx, io),
+            Wire::Split { rd, .. } => self.response.poll_event(cx, rd),
+        }
+    }
+
+    /// The response ended: the connection goes back to the pool if it was asked to stay open,
+    /// nothing followed the response, and all of the request was written.
+    fn finish(self, cx: &mut Context<'_>) {
+        if !self.keep || self.response.ended != Some(true) {
+            return;
+        }
+        let io = match self.wire {
+            Wire::Whole(io) => io,
+            Wire::Split { rd, mut writer } => match Pin::new(&mut writer).poll(cx) {
+                Poll::Ready(Ok(Ok(wr))) => rd.unsplit(wr),
+                // PHP ended the request before reading all of its body, or writing it failed.
+                _ => return,
+            },
         };
-        (written, read)
-    };
-    let written = written.unwrap_or_else(|| {
-        Err(std::io::Error::other(
-            "PHP ended the request before reading its body",
-        ))
-    });
-    match (written, read) {
-        (Ok(wr), Ok(reusable)) => {
-            drop(chunk_tx);
-            if reusable && d.keep {
-                let io = rd.unsplit(wr);
-                lock(&d.host.idle).push_back(Idle {
-                    conn: Conn { io, place },
-                    since: Instant::now(),
-                });
-                d.host.changed.notify_one();
+        lock(&self.host.idle).push_back(Idle {
+            conn: Conn {
+                io,
+                place: self.place,
+                records: self.response.records,
+            },
+            since: Instant::now(),
+        });
+        self.host.changed.notify_one();
+    }
+}
+
+/// The body of PHP's response, read from PHP-FPM as the client takes it. Dropped before its
+/// end, it closes the connection (as nginx does when its client goes away).
+pub struct ResponseBody {
+    exchange: Option<Exchange>,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(exchange) = &mut self.exchange else {
+            return Poll::Ready(None);
+        };
+        match ready!(exchange.poll_event(cx)) {
+            Ok(Event::Chunk(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Ok(Event::End) => {
+                if let Some(exchange) = self.exchange.take() {
+                    exchange.finish(cx);
+                }
+                Poll::Ready(None)
+            }
+            Ok(Event::Head(_)) => {
+                self.exchange = None;
+                Poll::Ready(Some(Err(Box::new(UpstreamError::FastCgi(
+                    ProtocolError::Closed,
+                )))))
+            }
+            // Mid-body: the client sees the response cut short, as with an HTTP upstream.
+            Err(e) => {
+                self.exchange = None;
+                Poll::Ready(Some(Err(Box::new(e))))
             }
         }
-        (written, read) => {
-            let e = match (written, read) {
-                (_, Err(e)) => e,
-                // The response is complete: the connection is just not kept.
-                (Err(_), Ok(_)) => return,
-                (Ok(_), Ok(_)) => UpstreamError::FastCgi(ProtocolError::Closed),
-            };
-            match head_tx.take() {
-                Some(tx) => {
-                    let _ = tx.send(Err(e));
-                }
-                // Mid-body: the client sees the response cut short, as with an HTTP upstream.
-                None => {
-                    let _ = chunk_tx.send(Err(Box::new(e))).await;
-                }
-            }
-        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.exchange.is_none()
     }
 }
 

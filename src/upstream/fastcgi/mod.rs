@@ -229,8 +229,8 @@ pub fn parse_cgi_head(head: &[u8]) -> Result<(StatusCode, HeaderMap), ProtocolEr
 
 /// Where the head ends in `buf` (the index just past the blank line), if it does.
 pub fn head_end(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4);
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|p| p + 2);
     match (crlf, lf) {
         (Some(a), Some(b)) => Ok(Some(a.min(b))),
         (a, b) => match a.or(b) {
@@ -314,141 +314,176 @@ impl FastCgiApp {
 /// Who the request is from and to, as the CGI parameters name them.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    pub remote_addr: String,
+    pub remote_addr: std::net::IpAddr,
     pub remote_port: u16,
-    pub server_addr: String,
+    pub server_addr: std::net::IpAddr,
     pub server_port: u16,
     pub https: bool,
 }
 
-/// The parameters of nginx's `fastcgi_params` (and `SCRIPT_FILENAME`) for a request.
-pub fn params(
+/// Name-value pairs written straight into a FastCGI parameter block (no pair is kept).
+struct ParamWriter<'a> {
+    out: &'a mut BytesMut,
+}
+
+impl ParamWriter<'_> {
+    fn pair(&mut self, name: &[u8], value: &[u8]) {
+        put_length(self.out, name.len());
+        put_length(self.out, value.len());
+        self.out.put_slice(name);
+        self.out.put_slice(value);
+    }
+
+    fn number(&mut self, name: &[u8], n: u64) {
+        let mut digits = itoa::Buffer::new();
+        self.pair(name, digits.format(n).as_bytes());
+    }
+
+    /// A request header as CGI passes it (`HTTP_` and its name in capitals, `-` as `_`), its
+    /// values joined, as a CGI server does.
+    fn header<'v, I: Iterator<Item = &'v HeaderValue>>(
+        &mut self,
+        name: &http::HeaderName,
+        values: impl Fn() -> I,
+    ) {
+        let sep: &[u8] = if name == http::header::COOKIE {
+            b"; "
+        } else {
+            b", "
+        };
+        let (count, len) = values().fold((0usize, 0usize), |(c, l), v| (c + 1, l + v.len()));
+        let name = name.as_str().as_bytes();
+        put_length(self.out, 5 + name.len());
+        put_length(self.out, len + sep.len() * count.saturating_sub(1));
+        self.out.put_slice(b"HTTP_");
+        self.out.extend(name.iter().map(|&b| match b {
+            b'-' => b'_',
+            b => b.to_ascii_uppercase(),
+        }));
+        for (i, v) in values().enumerate() {
+            if i > 0 {
+                self.out.put_slice(sep);
+            }
+            self.out.put_slice(v.as_bytes());
+        }
+    }
+
+    /// An address as text, formatted on the stack.
+    fn ip(&mut self, name: &[u8], ip: std::net::IpAddr) {
+        use std::io::Write;
+        // The longest IPv6 text (an IPv4-mapped address in full) is 45 bytes.
+        let mut text = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = write!(cursor, "{ip}");
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        self.pair(name, &text[..len]);
+    }
+}
+
+/// The value of `HTTP_HOST` and `SERVER_NAME`: nginx's `$host`, the host of an absolute-form
+/// target, else of the Host header, lowercased, without the port.
+fn host_of(parts: &http::request::Parts) -> String {
+    if let Some(h) = parts.uri.host() {
+        return h.to_ascii_lowercase();
+    }
+    let raw = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bare = match raw.strip_prefix('[') {
+        // [v6]:port
+        Some(v6) => v6
+            .split(']')
+            .next()
+            .map_or(raw.to_string(), |a| format!("[{a}]")),
+        None => raw.rsplit_once(':').map_or(raw, |(h, _)| h).to_string(),
+    };
+    bare.to_ascii_lowercase()
+}
+
+/// The request's parameter block: the parameters of nginx's `fastcgi_params` (and
+/// `SCRIPT_FILENAME`), in FastCGI's name-value encoding.
+pub fn encode_request_params(
     app: &FastCgiApp,
     parts: &http::request::Parts,
     script: (&str, &Path, &str),
     peers: &Peers,
     body_len: Option<u64>,
-) -> Vec<(String, Vec<u8>)> {
+) -> BytesMut {
     let (script_name, filename, path_info) = script;
-    let header = |n: &http::HeaderName| {
-        parts
-            .headers
-            .get(n)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default()
-    };
-    // nginx's $host, which Debian's fastcgi_params passes as HTTP_HOST: the host of an
-    // absolute-form target, else of the Host header, lowercased, without the port.
-    let host = match parts.uri.host() {
-        Some(h) => h.to_ascii_lowercase(),
-        None => {
-            let raw = parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let bare = match raw.strip_prefix('[') {
-                // [v6]:port
-                Some(v6) => v6
-                    .split(']')
-                    .next()
-                    .map_or(raw.to_string(), |a| format!("[{a}]")),
-                None => raw.rsplit_once(':').map_or(raw, |(h, _)| h).to_string(),
-            };
-            bare.to_ascii_lowercase()
-        }
-    };
-    let server_name = host.clone();
-    let request_uri = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let mut p: Vec<(String, Vec<u8>)> = vec![
-        (
-            "QUERY_STRING".into(),
-            parts.uri.query().unwrap_or("").into(),
-        ),
-        ("REQUEST_METHOD".into(), parts.method.as_str().into()),
-        ("CONTENT_TYPE".into(), header(&http::header::CONTENT_TYPE)),
-        // The body's exact length when the proxy knows it (a chunked request's was read before
-        // it came here), as nginx buffers one to tell PHP its length.
-        (
-            "CONTENT_LENGTH".into(),
-            match body_len {
-                Some(n) if n > 0 => n.to_string().into_bytes(),
-                _ => header(&http::header::CONTENT_LENGTH),
-            },
-        ),
-        ("SCRIPT_NAME".into(), script_name.into()),
-        (
-            "SCRIPT_FILENAME".into(),
-            filename.to_string_lossy().as_bytes().to_vec(),
-        ),
-        ("REQUEST_URI".into(), request_uri.into_bytes()),
-        ("DOCUMENT_URI".into(), script_name.into()),
-        (
-            "DOCUMENT_ROOT".into(),
-            app.document_root.to_string_lossy().as_bytes().to_vec(),
-        ),
-        (
-            "SERVER_PROTOCOL".into(),
-            format!("{:?}", parts.version).into_bytes(),
-        ),
-        (
-            "REQUEST_SCHEME".into(),
-            if peers.https { "https" } else { "http" }.into(),
-        ),
-        ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
-        ("SERVER_SOFTWARE".into(), "cutover".into()),
-        ("REMOTE_ADDR".into(), peers.remote_addr.clone().into_bytes()),
-        (
-            "REMOTE_PORT".into(),
-            peers.remote_port.to_string().into_bytes(),
-        ),
-        ("SERVER_ADDR".into(), peers.server_addr.clone().into_bytes()),
-        (
-            "SERVER_PORT".into(),
-            peers.server_port.to_string().into_bytes(),
-        ),
-        ("SERVER_NAME".into(), server_name.into_bytes()),
-        // PHP's cgi.force_redirect wants it (nginx's fastcgi_params sets it too).
-        ("REDIRECT_STATUS".into(), "200".into()),
-    ];
-    // Set even when empty, as the usual `fastcgi_param PATH_INFO $fastcgi_path_info` does.
-    p.push(("PATH_INFO".into(), path_info.into()));
-    p.push(("HTTP_HOST".into(), host.into_bytes()));
-    if peers.https {
-        p.push(("HTTPS".into(), "on".into()));
+    let root = app.document_root.as_os_str().as_encoded_bytes();
+    let filename = filename.as_os_str().as_encoded_bytes();
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 16)
+        .sum();
+    let mut out = BytesMut::with_capacity(
+        640 + header_bytes + root.len() + filename.len() + 2 * parts.uri.path().len(),
+    );
+    let mut w = ParamWriter { out: &mut out };
+    let header = |n: &http::HeaderName| parts.headers.get(n).map_or(&b""[..], |v| v.as_bytes());
+    let host = host_of(parts);
+    w.pair(b"QUERY_STRING", parts.uri.query().unwrap_or("").as_bytes());
+    w.pair(b"REQUEST_METHOD", parts.method.as_str().as_bytes());
+    w.pair(b"CONTENT_TYPE", header(&http::header::CONTENT_TYPE));
+    // The body's exact length when the proxy knows it (a chunked request's was read before it
+    // came here), as nginx buffers one to tell PHP its length.
+    match body_len {
+        Some(n) if n > 0 => w.number(b"CONTENT_LENGTH", n),
+        _ => w.pair(b"CONTENT_LENGTH", header(&http::header::CONTENT_LENGTH)),
     }
-    for (name, value) in &parts.headers {
+    w.pair(b"SCRIPT_NAME", script_name.as_bytes());
+    w.pair(b"SCRIPT_FILENAME", filename);
+    let request_uri = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    w.pair(b"REQUEST_URI", request_uri.as_bytes());
+    w.pair(b"DOCUMENT_URI", script_name.as_bytes());
+    w.pair(b"DOCUMENT_ROOT", root);
+    let protocol: &[u8] = match parts.version {
+        http::Version::HTTP_09 => b"HTTP/0.9",
+        http::Version::HTTP_10 => b"HTTP/1.0",
+        http::Version::HTTP_2 => b"HTTP/2.0",
+        http::Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP/1.1",
+    };
+    w.pair(b"SERVER_PROTOCOL", protocol);
+    let scheme: &[u8] = if peers.https { b"https" } else { b"http" };
+    w.pair(b"REQUEST_SCHEME", scheme);
+    w.pair(b"GATEWAY_INTERFACE", b"CGI/1.1");
+    w.pair(b"SERVER_SOFTWARE", b"cutover");
+    w.ip(b"REMOTE_ADDR", peers.remote_addr);
+    w.number(b"REMOTE_PORT", u64::from(peers.remote_port));
+    w.ip(b"SERVER_ADDR", peers.server_addr);
+    w.number(b"SERVER_PORT", u64::from(peers.server_port));
+    w.pair(b"SERVER_NAME", host.as_bytes());
+    // PHP's cgi.force_redirect wants it (nginx's fastcgi_params sets it too).
+    w.pair(b"REDIRECT_STATUS", b"200");
+    // Set even when empty, as the usual `fastcgi_param PATH_INFO $fastcgi_path_info` does.
+    w.pair(b"PATH_INFO", path_info.as_bytes());
+    w.pair(b"HTTP_HOST", host.as_bytes());
+    if peers.https {
+        w.pair(b"HTTPS", b"on");
+    }
+    let passed = |name: &http::HeaderName| {
         // A name with `_` would pass for one with `-` (`X_Forwarded_For` as
         // HTTP_X_FORWARDED_FOR): dropped, as nginx drops them by default.
-        if name == http::header::CONTENT_TYPE
-            || name == http::header::CONTENT_LENGTH
-            || name == http::header::HOST
-            || name.as_str().contains('_')
-        {
-            continue;
+        name != http::header::CONTENT_TYPE
+            && name != http::header::CONTENT_LENGTH
+            && name != http::header::HOST
+            && !name.as_str().contains('_')
+    };
+    if parts.headers.keys_len() == parts.headers.len() {
+        // No header repeated (most requests): each value as it is, no lookups.
+        for (name, value) in parts.headers.iter().filter(|(n, _)| passed(n)) {
+            w.header(name, || std::iter::once(value));
         }
-        let key = format!(
-            "HTTP_{}",
-            name.as_str().to_ascii_uppercase().replace('-', "_")
-        );
-        // Repeated headers are joined, as a CGI server does.
-        match p.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => {
-                v.extend_from_slice(if name == http::header::COOKIE {
-                    b"; "
-                } else {
-                    b", "
-                });
-                v.extend_from_slice(value.as_bytes());
-            }
-            None => p.push((key, value.as_bytes().to_vec())),
+    } else {
+        for name in parts.headers.keys().filter(|n| passed(n)) {
+            w.header(name, || parts.headers.get_all(name).iter());
         }
     }
-    p
+    out
 }
 
 #[cfg(test)]
@@ -521,6 +556,112 @@ mod tests {
         assert_eq!(head_end(b"A: 1\r\n\r\nbody").expect("ok"), Some(8));
         assert_eq!(head_end(b"A: 1\n\nbody").expect("ok"), Some(6));
         assert_eq!(head_end(b"A: 1\r\n").expect("ok"), None);
+    }
+
+    fn request_params(headers: &[(&str, &str)], body_len: Option<u64>) -> Vec<(String, String)> {
+        let mut req = http::Request::builder().uri("/shop/cart.php/more?x=1&y=%20");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let (parts, ()) = req.body(()).expect("request").into_parts();
+        let app = FastCgiApp {
+            document_root: PathBuf::from("/srv/app"),
+            index: "index.php".into(),
+            keep_connections: 0,
+        };
+        let peers = Peers {
+            remote_addr: "2001:db8::7".parse().expect("ip"),
+            remote_port: 51234,
+            server_addr: "127.0.0.1".parse().expect("ip"),
+            server_port: 8080,
+            https: false,
+        };
+        let block = encode_request_params(
+            &app,
+            &parts,
+            (
+                "/shop/cart.php",
+                Path::new("/srv/app/shop/cart.php"),
+                "/more",
+            ),
+            &peers,
+            body_len,
+        );
+        decode_params(&block)
+            .expect("decodes")
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).expect("utf-8")))
+            .collect()
+    }
+
+    fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        let mut found = params.iter().filter(|(k, _)| k == name);
+        let first = found.next().map(|(_, v)| v.as_str());
+        assert!(found.next().is_none(), "{name} is passed once");
+        first
+    }
+
+    #[test]
+    fn request_parameters_are_those_of_nginx_fastcgi_params() {
+        let long = "v".repeat(300);
+        for repeated in [false, true] {
+            let mut headers = vec![
+                ("host", "Shop.Example:8080"),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("cookie", "a=1"),
+                ("x-a", "1"),
+                ("x_sneaky", "no"),
+                ("x-long", long.as_str()),
+            ];
+            if repeated {
+                headers.push(("cookie", "b=2"));
+                headers.push(("x-a", "2"));
+            }
+            let p = request_params(&headers, Some(5));
+            let expect = [
+                ("QUERY_STRING", "x=1&y=%20"),
+                ("REQUEST_METHOD", "GET"),
+                ("CONTENT_TYPE", "application/x-www-form-urlencoded"),
+                ("CONTENT_LENGTH", "5"),
+                ("SCRIPT_NAME", "/shop/cart.php"),
+                ("SCRIPT_FILENAME", "/srv/app/shop/cart.php"),
+                ("REQUEST_URI", "/shop/cart.php/more?x=1&y=%20"),
+                ("DOCUMENT_URI", "/shop/cart.php"),
+                ("DOCUMENT_ROOT", "/srv/app"),
+                ("SERVER_PROTOCOL", "HTTP/1.1"),
+                ("REQUEST_SCHEME", "http"),
+                ("REMOTE_ADDR", "2001:db8::7"),
+                ("REMOTE_PORT", "51234"),
+                ("SERVER_ADDR", "127.0.0.1"),
+                ("SERVER_PORT", "8080"),
+                ("SERVER_NAME", "shop.example"),
+                ("HTTP_HOST", "shop.example"),
+                ("PATH_INFO", "/more"),
+                ("REDIRECT_STATUS", "200"),
+                ("HTTP_X_LONG", long.as_str()),
+            ];
+            for (name, value) in expect {
+                assert_eq!(
+                    param(&p, name),
+                    Some(value),
+                    "{name} (repeated: {repeated})"
+                );
+            }
+            let (cookie, x_a) = if repeated {
+                ("a=1; b=2", "1, 2")
+            } else {
+                ("a=1", "1")
+            };
+            assert_eq!(param(&p, "HTTP_COOKIE"), Some(cookie));
+            assert_eq!(param(&p, "HTTP_X_A"), Some(x_a));
+            assert_eq!(param(&p, "HTTP_X_SNEAKY"), None);
+            assert_eq!(param(&p, "HTTP_CONTENT_TYPE"), None);
+            assert_eq!(param(&p, "HTTPS"), None);
+        }
+        // Without a known body length, the request's own header.
+        let p = request_params(&[("content-length", "12")], None);
+        assert_eq!(param(&p, "CONTENT_LENGTH"), Some("12"));
+        assert_eq!(param(&p, "HTTP_CONTENT_LENGTH"), None);
     }
 
     #[test]
