@@ -97,7 +97,39 @@ fn bench(c: &mut Criterion) {
     };
     let api_a = api("3f1c9a7e5b2d4c6e8a0b1c2d3e4f5a6b", now + 0.123);
     let api_b = api("9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d", now + 0.456);
+    // scripts/bench-noisy's 20 KB page: a CSRF token (a meta element and a form field) and a
+    // millisecond time, removed by its rules file.
+    let page = |token: &str, at: &str| {
+        let rows: String = (0..150)
+            .map(|i| format!("<tr class=\"row\" id=\"r{i}\"><td><a href=\"/items/{i}\">Item {i}</a></td><td class=\"price\">{:.2}</td><td><span class=\"tag\">a</span> <span class=\"tag\">b</span></td></tr>\n", f64::from(i) * 1.25))
+            .collect();
+        format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Items</title><meta name=\"csrf-token\" content=\"{token}\"></head><body>\n<h1>Items</h1>\n<table>\n{rows}</table>\n<form method=\"post\" action=\"/items\"><input type=\"hidden\" name=\"_token\" value=\"{token}\"><button>Save</button></form>\n<footer>Generated at {at}</footer>\n</body></html>\n").into_bytes()
+    };
+    let page_a = page("3f1c9a7e5b2d4c6e8a0b1c2d3e4f5a6b", "1764000000.123");
+    let page_b = page("9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d", "1764000001.456");
+    let noisy_rules = {
+        let text = "[html]\nignore_elements = ['input[name=_token]', 'meta[name=csrf-token]']\n[[text.replace]]\npattern = '\\{epoch\\}\\.[0-9]{3}\\b'\nreplace = '{msec}'\n";
+        let sets = vec![
+            Arc::new(RuleSet::builtin().unwrap_or_else(|e| panic!("{e}"))),
+            Arc::new(RuleSet::parse(text, "noisy").unwrap_or_else(|e| panic!("{e}"))),
+        ];
+        Rules::compile(&sets)
+    };
     let mut g = c.benchmark_group("normalize_compare");
+    {
+        let (l, cnd) = (
+            captured("text/html", page_a.clone()),
+            captured("text/html", page_b),
+        );
+        assert!(
+            noisy_rules.compare(&l, &cnd).is_match(),
+            "equal after the rules"
+        );
+        g.throughput(Throughput::Bytes(page_a.len() as u64));
+        g.bench_function("html_equal_after_rules_20kb", |bench| {
+            bench.iter(|| black_box(noisy_rules.compare(black_box(&l), black_box(&cnd))))
+        });
+    }
     g.sample_size(20);
     for (name, ct, a, b) in [
         ("json_equal_1mb", "application/json", &json, &json),

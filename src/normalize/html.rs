@@ -71,6 +71,11 @@ impl Selector {
         Ok(sel)
     }
 
+    /// Whether an element with this tag could match, whatever its attributes.
+    fn could_match(&self, tag: &str) -> bool {
+        self.tag.as_deref().is_none_or(|t| t == tag)
+    }
+
     fn matches(&self, tag: &str, attrs: &[Attr]) -> bool {
         let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
         if self.tag.as_deref().is_some_and(|t| t != tag) {
@@ -232,7 +237,7 @@ pub fn same_tokens<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules) -> bool {
     let mut sb = Scanner::new(b, rules, false);
     let (mut ta, mut tb) = (String::new(), String::new());
     loop {
-        leap(&mut sa, &mut sb, &mut ta);
+        leap(&mut sa, &mut sb);
         let next_a = next_token(&mut sa, &mut ta);
         let next_b = next_token(&mut sb, &mut tb);
         match (next_a, next_b) {
@@ -243,10 +248,11 @@ pub fn same_tokens<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules) -> bool {
     }
 }
 
-/// When both scanners are in the same state before the same bytes, steps `a` alone over the
+/// When both scanners are in the same state before the same bytes, skims `a` alone over the
 /// steps that read only those bytes (each would give `b` the same token and state) and then
-/// gives `b` the state `a` reached: the bytes both pages share are tokenized once.
-fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>, scratch: &mut String) {
+/// gives `b` the state `a` reached: the bytes both pages share are not tokenized, only
+/// followed for the open elements and ignored ones.
+fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>) {
     if a.raw_until.is_some()
         || b.raw_until.is_some()
         || a.skipping != b.skipping
@@ -266,8 +272,7 @@ fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>, scratch: &mut String) {
     };
     let start = a.i;
     while a.i < a.html.len() && a.next_extent() <= limit {
-        scratch.clear();
-        if a.step(scratch).is_none() {
+        if a.skim().is_none() {
             break;
         }
     }
@@ -308,6 +313,16 @@ struct Scanner<'a> {
     token_path: std::sync::Arc<str>,
     /// Where the raw text of a `script`, `style`, `textarea` or `title` just opened ends.
     raw_until: Option<usize>,
+    /// What `next_extent` found at `i` (the next `<`, and the `>` after it), for the step that
+    /// follows: the bytes are searched once.
+    peeked: Option<Peek>,
+}
+
+#[derive(Clone, Copy)]
+struct Peek {
+    at: usize,
+    lt: Option<usize>,
+    gt: Option<usize>,
 }
 
 impl<'a> Scanner<'a> {
@@ -327,19 +342,26 @@ impl<'a> Scanner<'a> {
             paths,
             token_path: root,
             raw_until: None,
+            peeked: None,
         }
     }
 
     /// How far (exclusive) the next step reads; past the page's end when it reads to the end.
     /// A step that opens a raw-text element reads ahead to its closing tag: it counts as
     /// reading everything.
-    fn next_extent(&self) -> usize {
+    fn next_extent(&mut self) -> usize {
         let (bytes, i) = (self.html.as_bytes(), self.i);
         let past_end = bytes.len() + 1;
         if let Some(end) = self.raw_until {
             return end;
         }
-        let Some(rel) = memchr::memchr(b'<', &bytes[i..]) else {
+        let lt = memchr::memchr(b'<', &bytes[i..]);
+        self.peeked = Some(Peek {
+            at: i,
+            lt,
+            gt: None,
+        });
+        let Some(rel) = lt else {
             return past_end;
         };
         if rel > 0 {
@@ -349,7 +371,9 @@ impl<'a> Scanner<'a> {
         if rest.starts_with(b"<!--") {
             return memchr::memmem::find(rest, b"-->").map_or(past_end, |e| i + e + 3);
         }
-        let Some(close) = memchr::memchr(b'>', rest) else {
+        let gt = memchr::memchr(b'>', rest);
+        self.peeked = Some(Peek { at: i, lt, gt });
+        let Some(close) = gt else {
             return past_end;
         };
         let inner = &rest[1..close];
@@ -401,29 +425,47 @@ impl<'a> Scanner<'a> {
     /// One step: Some(true) when it wrote a token into `out`, Some(false) when it consumed
     /// input without one, None at the end.
     fn step(&mut self, out: &mut String) -> Option<bool> {
+        self.step_as::<true>(out)
+    }
+
+    /// One step that only moves the state (the open elements, an ignored element being
+    /// skipped, raw text) and writes nothing: for bytes whose tokens are known to be equal.
+    fn skim(&mut self) -> Option<()> {
+        let mut unused = String::new();
+        self.step_as::<false>(&mut unused).map(|_| ())
+    }
+
+    /// A step; with `EMIT` false no token is written (nor its text built), and attributes are
+    /// parsed only when an ignored-element selector could match the tag.
+    fn step_as<const EMIT: bool>(&mut self, out: &mut String) -> Option<bool> {
         let html = self.html;
         let len = html.len();
         let i = self.i;
         if let Some(end) = self.raw_until.take() {
             self.i = end;
-            return Some(self.text(&html[i..end], out));
+            return Some(EMIT && self.text(&html[i..end], out));
         }
         if i >= len {
             return None;
         }
-        let Some(rel) = memchr::memchr(b'<', &html.as_bytes()[i..]) else {
+        let peeked = self.peeked.take().filter(|p| p.at == i);
+        let lt = match peeked {
+            Some(p) => p.lt,
+            None => memchr::memchr(b'<', &html.as_bytes()[i..]),
+        };
+        let Some(rel) = lt else {
             self.i = len;
-            return Some(self.text(&html[i..], out));
+            return Some(EMIT && self.text(&html[i..], out));
         };
         if rel > 0 {
             self.i = i + rel;
-            return Some(self.text(&html[i..i + rel], out));
+            return Some(EMIT && self.text(&html[i..i + rel], out));
         }
         let rest = &html[i..];
         if rest.starts_with("<!--") {
             let end = rest.find("-->").map(|e| e + 3).unwrap_or(rest.len());
             self.i = i + end;
-            if !self.rules.strip_comments && self.skipping.is_none() {
+            if EMIT && !self.rules.strip_comments && self.skipping.is_none() {
                 out.push_str(&rest[..end]);
                 if self.paths {
                     self.token_path = self.path();
@@ -432,14 +474,18 @@ impl<'a> Scanner<'a> {
             }
             return Some(false);
         }
-        let Some(close) = memchr::memchr(b'>', rest.as_bytes()) else {
+        let gt = match peeked {
+            Some(Peek { gt: Some(gt), .. }) => Some(gt),
+            _ => memchr::memchr(b'>', rest.as_bytes()),
+        };
+        let Some(close) = gt else {
             self.i = len;
-            return Some(self.text(rest, out));
+            return Some(EMIT && self.text(rest, out));
         };
         let inner = &rest[1..close];
         self.i = i + close + 1;
         if inner.starts_with('!') || inner.starts_with('?') {
-            if self.skipping.is_some() {
+            if !EMIT || self.skipping.is_some() {
                 return Some(false);
             }
             out.push('<');
@@ -467,10 +513,12 @@ impl<'a> Scanner<'a> {
                         self.token_path = self.stack[pos].path.clone();
                     }
                     self.stack.truncate(pos);
-                    out.push_str("</");
-                    out.push_str(&tag);
-                    out.push('>');
-                    return Some(true);
+                    if EMIT {
+                        out.push_str("</");
+                        out.push_str(&tag);
+                        out.push('>');
+                    }
+                    return Some(EMIT);
                 }
             }
             return Some(false);
@@ -482,7 +530,7 @@ impl<'a> Scanner<'a> {
         if tag.is_empty() {
             // A `<` that opens nothing: text, and scanning resumes after it.
             self.i = i + 1;
-            return Some(self.text("<", out));
+            return Some(EMIT && self.text("<", out));
         }
         let self_closing = inner.ends_with('/');
         let is_void = VOID.contains(&&*tag) || self_closing;
@@ -494,32 +542,33 @@ impl<'a> Scanner<'a> {
         }
         let rules = self.rules;
         let mut attrs = std::mem::take(&mut self.attrs);
-        parse_attrs(&inner[name_end..], &mut attrs);
-        if rules
-            .ignore_elements
-            .iter()
-            .any(|s| s.matches(&tag, &attrs))
-        {
-            self.attrs = attrs;
-            if !is_void {
-                self.skipping = Some((tag, 1));
+        let selectors = &rules.ignore_elements;
+        if EMIT || selectors.iter().any(|s| s.could_match(&tag)) {
+            parse_attrs(&inner[name_end..], &mut attrs);
+            if selectors.iter().any(|s| s.matches(&tag, &attrs)) {
+                self.attrs = attrs;
+                if !is_void {
+                    self.skipping = Some((tag, 1));
+                }
+                return Some(false);
             }
-            return Some(false);
         }
-        attrs.retain(|(k, _)| !rules.ignore_attributes.iter().any(|a| a == k));
-        if rules.sort_attributes {
-            attrs.sort();
+        if EMIT {
+            attrs.retain(|(k, _)| !rules.ignore_attributes.iter().any(|a| a == k));
+            if rules.sort_attributes {
+                attrs.sort();
+            }
+            out.push('<');
+            out.push_str(&tag);
+            for (k, v) in &attrs {
+                out.push(' ');
+                out.push_str(k);
+                out.push_str("=\"");
+                out.push_str(v);
+                out.push('"');
+            }
+            out.push('>');
         }
-        out.push('<');
-        out.push_str(&tag);
-        for (k, v) in &attrs {
-            out.push(' ');
-            out.push_str(k);
-            out.push_str("=\"");
-            out.push_str(v);
-            out.push('"');
-        }
-        out.push('>');
         self.attrs = attrs;
         let tag_path: std::sync::Arc<str> = if self.paths {
             // Sibling index among same-tag children of the parent.
@@ -569,7 +618,7 @@ impl<'a> Scanner<'a> {
                 });
             }
         }
-        Some(true)
+        Some(EMIT)
     }
 }
 
