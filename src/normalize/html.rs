@@ -129,11 +129,33 @@ pub struct Token {
     pub text: String,
 }
 
-const VOID: &[&str] = &[
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
-    "track", "wbr",
-];
+/// Elements without content (no end tag).
+fn is_void(tag: &str) -> bool {
+    matches!(
+        tag,
+        "area"
+            | "base"
+            | "br"
+            | "col"
+            | "embed"
+            | "hr"
+            | "img"
+            | "input"
+            | "link"
+            | "meta"
+            | "param"
+            | "source"
+            | "track"
+            | "wbr"
+    )
+}
+
+/// Elements whose content is text up to their end tag.
 const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title"];
+
+fn is_raw_text(tag: &str) -> bool {
+    matches!(tag, "script" | "style" | "textarea" | "title")
+}
 
 /// An attribute: its name in lower case (borrowed when it already was) and its value.
 type Attr<'a> = (Cow<'a, str>, &'a str);
@@ -152,8 +174,8 @@ struct Open<'a> {
     tag: Cow<'a, str>,
     /// Child element counts by tag, for sibling indexes.
     children: Vec<(String, usize)>,
-    /// The element's full path, made once.
-    path: std::sync::Arc<str>,
+    /// The element's full path, made once (kept only when the scanner keeps paths).
+    path: Option<std::sync::Arc<str>>,
 }
 
 /// The attributes of a tag's inside (after its name) into `out`.
@@ -335,7 +357,7 @@ impl<'a> Scanner<'a> {
             stack: vec![Open {
                 tag: Cow::Borrowed(""),
                 children: Vec::new(),
-                path: root.clone(),
+                path: Some(root.clone()),
             }],
             skipping: None,
             attrs: Vec::new(),
@@ -394,7 +416,7 @@ impl<'a> Scanner<'a> {
     fn path(&self) -> std::sync::Arc<str> {
         self.stack
             .last()
-            .map(|o| o.path.clone())
+            .and_then(|o| o.path.clone())
             .unwrap_or_else(|| std::sync::Arc::from(""))
     }
 
@@ -509,8 +531,8 @@ impl<'a> Scanner<'a> {
             }
             if let Some(pos) = self.stack.iter().rposition(|o| o.tag == tag) {
                 if pos > 0 {
-                    if self.paths {
-                        self.token_path = self.stack[pos].path.clone();
+                    if let Some(path) = &self.stack[pos].path {
+                        self.token_path = path.clone();
                     }
                     self.stack.truncate(pos);
                     if EMIT {
@@ -533,7 +555,7 @@ impl<'a> Scanner<'a> {
             return Some(EMIT && self.text("<", out));
         }
         let self_closing = inner.ends_with('/');
-        let is_void = VOID.contains(&&*tag) || self_closing;
+        let is_void = is_void(&tag) || self_closing;
         if let Some((skip_tag, depth)) = &mut self.skipping {
             if *skip_tag == tag && !is_void {
                 *depth += 1;
@@ -570,7 +592,7 @@ impl<'a> Scanner<'a> {
             out.push('>');
         }
         self.attrs = attrs;
-        let tag_path: std::sync::Arc<str> = if self.paths {
+        let tag_path: Option<std::sync::Arc<str>> = if self.paths {
             // Sibling index among same-tag children of the parent.
             let parent = self.stack.last_mut().map(|p| {
                 match p.children.iter_mut().find(|(t, _)| *t == tag) {
@@ -589,19 +611,18 @@ impl<'a> Scanner<'a> {
                 _ => tag.to_string(),
             };
             let base = self.path();
-            if base.is_empty() {
+            let path: std::sync::Arc<str> = if base.is_empty() {
                 std::sync::Arc::from(label.as_str())
             } else {
                 std::sync::Arc::from(format!("{base}/{label}").as_str())
-            }
+            };
+            self.token_path = path.clone();
+            Some(path)
         } else {
-            self.token_path.clone()
+            None
         };
-        if self.paths {
-            self.token_path = tag_path.clone();
-        }
         if !is_void {
-            if RAW_TEXT.contains(&&*tag) {
+            if is_raw_text(&tag) {
                 // Raw text up to the closing tag: the next step's token.
                 let end = find_ci(html, &format!("</{tag}"), self.i).unwrap_or(len);
                 self.stack.push(Open {
