@@ -293,11 +293,7 @@ fn leap<'s>(a: &mut Scanner<'s>, b: &mut Scanner<'s>) {
         a.i + run
     };
     let start = a.i;
-    while a.i < a.html.len() && a.next_extent() <= limit {
-        if a.skim().is_none() {
-            break;
-        }
-    }
+    a.skim_until(limit);
     if a.i == start {
         return;
     }
@@ -448,6 +444,91 @@ impl<'a> Scanner<'a> {
     /// input without one, None at the end.
     fn step(&mut self, out: &mut String) -> Option<bool> {
         self.step_as::<true>(out)
+    }
+
+    /// Skims the steps that read nothing at or past `limit`: the common ones (text, and tags
+    /// with a plain lower-case name that no ignored-element selector could match) here, the
+    /// rest through `next_extent` and `skim`, to the same state.
+    fn skim_until(&mut self, limit: usize) {
+        while self.i < self.html.len() {
+            if !self.paths && self.raw_until.is_none() && self.skipping.is_none() {
+                match self.skim_plain(limit) {
+                    Some(true) => continue,
+                    Some(false) => return,
+                    None => {}
+                }
+            }
+            if self.next_extent() > limit || self.skim().is_none() {
+                return;
+            }
+        }
+    }
+
+    /// One plain step skimmed: Some(true) when taken, Some(false) when it would read at or past
+    /// `limit`, None when the step is not a plain one (`skim` takes it).
+    fn skim_plain(&mut self, limit: usize) -> Option<bool> {
+        let plain = |name: &[u8]| {
+            !name.is_empty()
+                && name
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
+        let (html, i) = (self.html, self.i);
+        let rest = &html.as_bytes()[i..];
+        let rel = memchr::memchr(b'<', rest)?;
+        if rel > 0 {
+            // Text: its step reads the `<` that ends it.
+            if i + rel + 1 > limit {
+                return Some(false);
+            }
+            self.i = i + rel;
+            return Some(true);
+        }
+        let close = memchr::memchr(b'>', rest)?;
+        // Every step at a `<` reads at least to the first `>`.
+        if i + close + 1 > limit {
+            return Some(false);
+        }
+        let inner = &rest[1..close];
+        if let Some(name) = inner.strip_prefix(b"/") {
+            if !plain(name) {
+                return None;
+            }
+            let tag = &html[i + 2..i + close];
+            self.i = i + close + 1;
+            if let Some(pos) = self.stack.iter().rposition(|o| o.tag == tag) {
+                if pos > 0 {
+                    self.stack.truncate(pos);
+                }
+            }
+            return Some(true);
+        }
+        let name_end = inner
+            .iter()
+            .position(|&c| c.is_ascii_whitespace() || c == b'/')
+            .unwrap_or(inner.len());
+        if !plain(&inner[..name_end]) || !inner[0].is_ascii_lowercase() {
+            return None;
+        }
+        let tag = &html[i + 1..i + 1 + name_end];
+        if is_raw_text(tag)
+            || self
+                .rules
+                .ignore_elements
+                .iter()
+                .any(|s| s.could_match(tag))
+        {
+            return None;
+        }
+        self.i = i + close + 1;
+        if !is_void(tag) && !inner.ends_with(b"/") && self.stack.len() < 512 {
+            self.stack.push(Open {
+                tag: Cow::Borrowed(tag),
+                children: Vec::new(),
+                path: None,
+            });
+        }
+        Some(true)
     }
 
     /// One step that only moves the state (the open elements, an ignored element being
