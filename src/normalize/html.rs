@@ -154,7 +154,7 @@ fn is_void(tag: &str) -> bool {
 const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title"];
 
 fn is_raw_text(tag: &str) -> bool {
-    matches!(tag, "script" | "style" | "textarea" | "title")
+    RAW_TEXT.contains(&tag)
 }
 
 /// An attribute: its name in lower case (borrowed when it already was) and its value.
@@ -331,16 +331,6 @@ struct Scanner<'a> {
     token_path: std::sync::Arc<str>,
     /// Where the raw text of a `script`, `style`, `textarea` or `title` just opened ends.
     raw_until: Option<usize>,
-    /// What `next_extent` found at `i` (the next `<`, and the `>` after it), for the step that
-    /// follows: the bytes are searched once.
-    peeked: Option<Peek>,
-}
-
-#[derive(Clone, Copy)]
-struct Peek {
-    at: usize,
-    lt: Option<usize>,
-    gt: Option<usize>,
 }
 
 impl<'a> Scanner<'a> {
@@ -360,26 +350,19 @@ impl<'a> Scanner<'a> {
             paths,
             token_path: root,
             raw_until: None,
-            peeked: None,
         }
     }
 
     /// How far (exclusive) the next step reads; past the page's end when it reads to the end.
     /// A step that opens a raw-text element reads ahead to its closing tag: it counts as
     /// reading everything.
-    fn next_extent(&mut self) -> usize {
+    fn next_extent(&self) -> usize {
         let (bytes, i) = (self.html.as_bytes(), self.i);
         let past_end = bytes.len() + 1;
         if let Some(end) = self.raw_until {
             return end;
         }
-        let lt = memchr::memchr(b'<', &bytes[i..]);
-        self.peeked = Some(Peek {
-            at: i,
-            lt,
-            gt: None,
-        });
-        let Some(rel) = lt else {
+        let Some(rel) = memchr::memchr(b'<', &bytes[i..]) else {
             return past_end;
         };
         if rel > 0 {
@@ -389,9 +372,7 @@ impl<'a> Scanner<'a> {
         if rest.starts_with(b"<!--") {
             return memchr::memmem::find(rest, b"-->").map_or(past_end, |e| i + e + 3);
         }
-        let gt = memchr::memchr(b'>', rest);
-        self.peeked = Some(Peek { at: i, lt, gt });
-        let Some(close) = gt else {
+        let Some(close) = memchr::memchr(b'>', rest) else {
             return past_end;
         };
         let inner = &rest[1..close];
@@ -551,12 +532,7 @@ impl<'a> Scanner<'a> {
         if i >= len {
             return None;
         }
-        let peeked = self.peeked.take().filter(|p| p.at == i);
-        let lt = match peeked {
-            Some(p) => p.lt,
-            None => memchr::memchr(b'<', &html.as_bytes()[i..]),
-        };
-        let Some(rel) = lt else {
+        let Some(rel) = memchr::memchr(b'<', &html.as_bytes()[i..]) else {
             self.i = len;
             return Some(EMIT && self.text(&html[i..], out));
         };
@@ -577,11 +553,7 @@ impl<'a> Scanner<'a> {
             }
             return Some(false);
         }
-        let gt = match peeked {
-            Some(Peek { gt: Some(gt), .. }) => Some(gt),
-            _ => memchr::memchr(b'>', rest.as_bytes()),
-        };
-        let Some(close) = gt else {
+        let Some(close) = memchr::memchr(b'>', rest.as_bytes()) else {
             self.i = len;
             return Some(EMIT && self.text(rest, out));
         };
