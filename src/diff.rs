@@ -292,10 +292,13 @@ pub fn diff_json(
 /// Text compared line by line, then word by word inside changed lines: each changed run is one
 /// difference at its first line, with only the words that differ as its values.
 pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
-    let diff = TextDiff::configure()
-        .timeout(DIFF_DEADLINE)
-        .diff_lines(l, c);
-    for op in diff.ops() {
+    let (_, _, ops) = line_ops(l, c);
+    text_differences(l, c, &ops, out);
+}
+
+/// The differences of `ops`, a line diff of `l` and `c`.
+fn text_differences(l: &str, c: &str, ops: &[similar::DiffOp], out: &mut Vec<Difference>) {
+    for op in ops {
         if out.len() >= MAX_DIFFERENCES {
             return;
         }
@@ -341,17 +344,149 @@ pub fn diff_text(l: &str, c: &str, out: &mut Vec<Difference>) {
     }
 }
 
-/// A unified diff of two bodies (lossy UTF-8), for people.
+/// Lines of context around each change in the unified diff.
+const CONTEXT_LINES: usize = 3;
+
+/// A unified diff of two bodies (lossy UTF-8), for people: [`unified_whole`]'s text, with the
+/// line diff run only between the lines both bodies start and end with (see [`line_ops`]).
 pub fn unified(l: &[u8], c: &[u8]) -> String {
+    use std::fmt::Write;
+    let (l, c) = (String::from_utf8_lossy(l), String::from_utf8_lossy(c));
+    let (old, new, ops) = line_ops(&l, &c);
+    let mut out = String::new();
+    for hunk in similar::group_diff_ops(ops, CONTEXT_LINES) {
+        if hunk.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str("--- legacy\n+++ candidate\n");
+        }
+        let _ = writeln!(out, "{}", similar::udiff::UnifiedHunkHeader::new(&hunk));
+        for op in &hunk {
+            for change in op.iter_changes(&old[..], &new[..]) {
+                let _ = write!(out, "{}{}", change.tag(), change.value());
+                if change.missing_newline() {
+                    out.push_str("\n\\ No newline at end of file\n");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The line diff `similar`'s `TextDiff::diff_lines(l, c)` makes (its lines and its ops, Myers
+/// then its compaction), without pushing the lines both texts start and end with through the
+/// diff: Myers strips them first anyway, and finding them a block of bytes at a time is what
+/// makes a one-line change in 1 MB cost a few lines of diffing instead of hashing every line.
+fn line_ops<'t>(l: &'t str, c: &'t str) -> (Vec<&'t str>, Vec<&'t str>, Vec<similar::DiffOp>) {
+    use similar::algorithms::{Capture, Compact, DiffHook, NoFinishHook, Replace};
+    let (old, new) = (lines(l), lines(c));
+    let (a, b) = (l.as_bytes(), c.as_bytes());
+    let (n, m) = (old.len(), new.len());
+    let start_of = |text: &str, line: &str| line.as_ptr() as usize - text.as_ptr() as usize;
+    // Lines before `head` are the same bytes, ending in `\n`, on both sides: the same lines.
+    let shared = common_prefix(a, b);
+    let head = memchr::memrchr(b'\n', &a[..shared]).map_or(0, |i| i + 1);
+    let mut prefix = old.partition_point(|x| start_of(l, x) < head);
+    while prefix < n && prefix < m && old[prefix] == new[prefix] {
+        prefix += 1;
+    }
+    // Lines from `tail` on (a line start inside the bytes both texts end with) are the same
+    // lines too.
+    let room = a.len().min(b.len()) - head;
+    let ends = common_suffix(&a[a.len() - room..], &b[b.len() - room..]);
+    let from = a.len() - ends;
+    let tail = memchr::memchr(b'\n', &a[from..]).map_or(a.len(), |i| from + i + 1);
+    let most = (n - prefix).min(m - prefix);
+    let mut suffix = (n - old.partition_point(|x| start_of(l, x) < tail)).min(most);
+    while suffix < most && old[n - 1 - suffix] == new[m - 1 - suffix] {
+        suffix += 1;
+    }
+    let mut hook = Compact::new(Replace::new(Capture::new()), &old[..], &new[..]);
+    let deadline = std::time::Instant::now().checked_add(DIFF_DEADLINE);
+    // What Myers' first step does with the whole texts: the shared start, the middle, the
+    // shared end, and only then the compaction (which may move a change into the shared lines).
+    if prefix > 0 {
+        let _ = hook.equal(0, 0, prefix);
+    }
+    let _ = similar::algorithms::myers::diff_deadline(
+        &mut NoFinishHook::new(&mut hook),
+        &old[..],
+        prefix..n - suffix,
+        &new[..],
+        prefix..m - suffix,
+        deadline,
+    );
+    if suffix > 0 {
+        let _ = hook.equal(n - suffix, m - suffix, suffix);
+    }
+    let _ = hook.finish();
+    let ops = hook.into_inner().into_inner().into_ops();
+    (old, new, ops)
+}
+
+/// Lines as `similar` splits them: each ends after `\n`, `\r\n` or a lone `\r`.
+fn lines(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(memchr::memchr_iter(b'\n', b).count() + 1);
+    let mut start = 0;
+    while let Some(k) = memchr::memchr2(b'\n', b'\r', &b[start..]) {
+        let at = start + k;
+        let end = if b[at] == b'\r' && b.get(at + 1) == Some(&b'\n') {
+            at + 2
+        } else {
+            at + 1
+        };
+        out.push(&s[start..end]);
+        start = end;
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+/// The unified diff of the whole bodies, every line through the line diff: what [`unified`]
+/// gives, the slow way (the exhaustive comparison and the tests hold the two to each other).
+pub fn unified_whole(l: &[u8], c: &[u8]) -> String {
     let l = String::from_utf8_lossy(l);
     let c = String::from_utf8_lossy(c);
     TextDiff::configure()
         .timeout(DIFF_DEADLINE)
         .diff_lines(l.as_ref(), c.as_ref())
         .unified_diff()
-        .context_radius(3)
+        .context_radius(CONTEXT_LINES)
         .header("legacy", "candidate")
         .to_string()
+}
+
+/// Length of the longest common prefix of `a` and `b`, compared a block at a time.
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let max = a.len().min(b.len());
+    let mut k = 0;
+    while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
+        k += BLOCK;
+    }
+    while k < max && a[k] == b[k] {
+        k += 1;
+    }
+    k
+}
+
+/// Length of the longest common suffix of `a` and `b`, compared a block at a time.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let max = a.len().min(b.len());
+    let (ea, eb) = (a.len(), b.len());
+    let mut k = 0;
+    while k + BLOCK <= max && a[ea - k - BLOCK..ea - k] == b[eb - k - BLOCK..eb - k] {
+        k += BLOCK;
+    }
+    while k < max && a[ea - k - 1] == b[eb - k - 1] {
+        k += 1;
+    }
+    k
 }
 
 /// Whether a body is JSON by its content type, or by a sniff of its first byte when the type
@@ -644,5 +779,52 @@ mod tests {
         );
         let u = unified(b"a\nb\nc\n", b"a\nB\nc\n");
         assert!(u.contains("-b\n+B\n"), "{u}");
+    }
+
+    /// Texts that share a start and an end, lines ended every way `similar` knows.
+    fn text_pair() -> impl proptest::strategy::Strategy<Value = (String, String)> {
+        use proptest::prelude::*;
+        let piece = prop::sample::select(vec![
+            "a\n",
+            "b\n",
+            "c",
+            "\r",
+            "\r\n",
+            "x\r\n",
+            "\n",
+            "total 10\n",
+            "é\n",
+            "",
+        ]);
+        let part =
+            |most: usize| prop::collection::vec(piece.clone(), 0..most).prop_map(|v| v.concat());
+        // Long shared runs too: past 100 lines `similar` diffs line ids instead of lines.
+        (part(150), part(12), part(12), part(150), part(12)).prop_map(|(head, l, c, tail, more)| {
+            (format!("{head}{l}{tail}"), format!("{head}{c}{tail}{more}"))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_windowed_diffs_are_the_whole_diffs((l, c) in text_pair()) {
+            proptest::prop_assert_eq!(unified(l.as_bytes(), c.as_bytes()), unified_whole(l.as_bytes(), c.as_bytes()));
+            let (mut windowed, mut whole) = (Vec::new(), Vec::new());
+            diff_text(&l, &c, &mut windowed);
+            let all = TextDiff::configure().timeout(DIFF_DEADLINE).diff_lines(l.as_str(), c.as_str());
+            text_differences(&l, &c, all.ops(), &mut whole);
+            proptest::prop_assert_eq!(windowed, whole);
+        }
+    }
+
+    #[test]
+    fn one_change_in_a_long_text_is_numbered_in_the_whole_text() {
+        let l: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        let c = l.replace("line 2500\n", "line 2500 changed\n");
+        let u = unified(l.as_bytes(), c.as_bytes());
+        assert_eq!(u, unified_whole(l.as_bytes(), c.as_bytes()));
+        assert!(u.contains("@@ -2498,7 +2498,7 @@"), "{u}");
+        let mut out = Vec::new();
+        diff_text(&l, &c, &mut out);
+        assert_eq!(out[0].path, "body:line 2501");
     }
 }

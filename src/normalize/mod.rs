@@ -610,14 +610,26 @@ impl Rules {
         v
     }
 
-    /// Whether two HTML bodies give the same normalized token stream: the same text after
-    /// the replacements, or the same tokens walked side by side (nothing kept).
+    /// Whether two HTML bodies, their text replacements made, give the same normalized token
+    /// stream: the same bytes, or the same tokens walked side by side (nothing kept).
     fn same_html(&self, a: &[u8], b: &[u8]) -> bool {
-        let (va, vb) = (self.replaced(a), self.replaced(b));
-        if va == vb {
-            return true;
+        a == b || html::same_tokens(&text_of(a), &text_of(b), &self.html)
+    }
+
+    /// The differences of two token streams, and their unified diff (one token a line).
+    fn diff_html_tokens(
+        &self,
+        a: &[html::Token],
+        b: &[html::Token],
+        differences: &mut Vec<Difference>,
+        unified: &mut String,
+        unify: fn(&[u8], &[u8]) -> String,
+    ) {
+        let (ra, rb) = (html::render(a), html::render(b));
+        if ra != rb {
+            diff_html(a, b, differences);
+            *unified = unify(ra.as_bytes(), rb.as_bytes());
         }
-        html::same_tokens(&text_of(&va), &text_of(&vb), &self.html)
     }
 
     /// HTML body normalization: text replacements, then the token stream.
@@ -664,20 +676,8 @@ impl Rules {
     }
 }
 
-/// Length of the longest common prefix of `a` and `b`, compared a block at a time (the walks
-/// skip what both sides share with it).
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 64;
-    let max = a.len().min(b.len());
-    let mut k = 0;
-    while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
-        k += BLOCK;
-    }
-    while k < max && a[k] == b[k] {
-        k += 1;
-    }
-    k
-}
+/// The walks skip what both sides share with it.
+use crate::diff::common_prefix;
 
 /// The body as text, invalid UTF-8 replaced (checked the fast way first: most pages are valid).
 fn text_of(body: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -910,7 +910,18 @@ impl Rules {
                     } else if path == BodyPath::Walk
                         && looks_like_html(&legacy.headers, &legacy.body)
                     {
-                        self.same_html(&legacy.body, &candidate.body)
+                        let replaced =
+                            (self.replaced(&legacy.body), self.replaced(&candidate.body));
+                        if self.same_html(&replaced.0, &replaced.1) {
+                            return Some(unified);
+                        }
+                        // The tokens of a real difference start from the same replaced text.
+                        let (a, b) = (
+                            html::tokens(&text_of(&replaced.0), &self.html),
+                            html::tokens(&text_of(&replaced.1), &self.html),
+                        );
+                        self.diff_html_tokens(&a, &b, differences, &mut unified, diff::unified);
+                        return Some(unified);
                     } else {
                         false
                     };
@@ -932,15 +943,17 @@ impl Rules {
             } else {
                 None
             };
+            // The exhaustive comparison diffs every line; the others skip the shared ones.
+            let unify: fn(&[u8], &[u8]) -> String = if path == BodyPath::Trees {
+                diff::unified_whole
+            } else {
+                diff::unified
+            };
             let is_html = !is_json && looks_like_html(&legacy.headers, &legacy.body);
             if is_html {
                 let a = self.html_tokens(&legacy.body);
                 let b = self.html_tokens(&candidate.body);
-                let (ra, rb) = (html::render(&a), html::render(&b));
-                if ra != rb {
-                    diff_html(&a, &b, differences);
-                    unified = diff::unified(ra.as_bytes(), rb.as_bytes());
-                }
+                self.diff_html_tokens(&a, &b, differences, &mut unified, unify);
             } else if let Some((mut a, mut b)) = parsed {
                 self.normalize_json(&mut a, now);
                 self.normalize_json(&mut b, now);
@@ -949,13 +962,13 @@ impl Rules {
                 if differences.len() > before {
                     let pa = serde_json::to_string_pretty(&a).unwrap_or_default();
                     let pb = serde_json::to_string_pretty(&b).unwrap_or_default();
-                    unified = diff::unified(pa.as_bytes(), pb.as_bytes());
+                    unified = unify(pa.as_bytes(), pb.as_bytes());
                 }
             } else {
                 let a = self.normalize_text(&legacy.body);
                 let b = self.normalize_text(&candidate.body);
                 if !diff::diff_bodies(&legacy.headers, &a, &b, &self.tolerance, differences) {
-                    unified = diff::unified(&a, &b);
+                    unified = unify(&a, &b);
                 }
             }
         }
