@@ -830,8 +830,8 @@ impl Comparator for Rules {
 enum BodyPath {
     /// The lockstep walks (JSON, HTML), then the trees when they cannot decide.
     Walk,
-    /// The JSON walk only (the one fast enough for an IO thread): no answer when it cannot
-    /// decide.
+    /// The lockstep walks only (fast enough for an IO thread on small bodies): no answer when
+    /// they cannot decide.
     WalkOnly,
     /// The trees only.
     Trees,
@@ -847,9 +847,9 @@ impl Rules {
             .unwrap_or_default()
     }
 
-    /// The comparison when it takes little time (equal bodies, or JSON bodies the lockstep
-    /// walk finds equal after the rules, of identity-encoded responses); None when the bodies need
-    /// the full comparison, which should then run off the proxy's IO threads.
+    /// The comparison when it takes little time (equal bodies, or JSON or HTML bodies the
+    /// lockstep walks find equal after the rules, of identity-encoded responses); None when the
+    /// bodies need the full comparison, which should then run off the proxy's IO threads.
     pub fn compare_quickly(&self, legacy: &Captured, candidate: &Captured) -> Option<Report> {
         self.compare_with(legacy, candidate, BodyPath::WalkOnly)
     }
@@ -907,13 +907,14 @@ impl Rules {
                     && decode::identity_encoded(candidate)
                     && if is_json {
                         lockstep::json_equal(&legacy.body, &candidate.body, self, now)
-                    } else if path == BodyPath::Walk
-                        && looks_like_html(&legacy.headers, &legacy.body)
-                    {
+                    } else if looks_like_html(&legacy.headers, &legacy.body) {
                         let replaced =
                             (self.replaced(&legacy.body), self.replaced(&candidate.body));
                         if self.same_html(&replaced.0, &replaced.1) {
                             return Some(unified);
+                        }
+                        if path == BodyPath::WalkOnly {
+                            return None;
                         }
                         // The tokens of a real difference start from the same replaced text.
                         let (a, b) = (
