@@ -10,6 +10,10 @@ use cutover::normalize::{RuleSet, Rules};
 use std::hint::black_box;
 use std::sync::Arc;
 
+// The allocator the cutover binary runs with, so the numbers are the proxy's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn captured(ct: &'static str, body: Vec<u8>) -> Captured {
     let mut h = http::HeaderMap::new();
     h.insert(
