@@ -136,8 +136,12 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+fn escape_pointer(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.contains(['~', '/']) {
+        key.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        key.into()
+    }
 }
 
 fn compact(v: &serde_json::Value) -> String {
@@ -199,18 +203,58 @@ pub fn diff_json(
     tolerance: &FloatTolerance,
     out: &mut Vec<Difference>,
 ) {
+    let mut pointer = String::with_capacity(64);
+    pointer.push_str(path);
+    diff_json_at(&mut pointer, l, c, tolerance, out);
+}
+
+/// The same values in the same order (object keys too): what makes `to_string` give the same
+/// text, which the reordering check compares.
+fn identical(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|((ka, va), (kb, vb))| ka == kb && identical(va, vb))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y.iter()).all(|(va, vb)| identical(va, vb))
+        }
+        _ => a == b,
+    }
+}
+
+/// `diff_json` with the pointer in a buffer of its own: each level appends its segment and
+/// takes it off again, so equal subtrees cost no allocation.
+fn diff_json_at(
+    path: &mut String,
+    l: &serde_json::Value,
+    c: &serde_json::Value,
+    tolerance: &FloatTolerance,
+    out: &mut Vec<Difference>,
+) {
+    use serde_json::Value;
+    use std::fmt::Write;
     if out.len() >= MAX_DIFFERENCES {
         return;
     }
+    let depth = path.len();
     match (l, c) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, va) in a {
-                let p = format!("{path}/{}", escape_pointer(k));
                 match b.get(k) {
-                    Some(vb) => diff_json(&p, va, vb, tolerance, out),
+                    // Equal values have no differences, whatever the tolerance.
+                    Some(vb) if va == vb => {}
+                    Some(vb) => {
+                        path.push('/');
+                        path.push_str(&escape_pointer(k));
+                        diff_json_at(path, va, vb, tolerance, out);
+                        path.truncate(depth);
+                    }
                     None => out.push(Difference {
-                        path: p,
+                        path: format!("{path}/{}", escape_pointer(k)),
                         kind: DiffKind::Missing,
                         legacy: Some(compact(va)),
                         candidate: None,
@@ -219,9 +263,8 @@ pub fn diff_json(
             }
             for (k, vb) in b {
                 if !a.contains_key(k) {
-                    let p = format!("{path}/{}", escape_pointer(k));
                     out.push(Difference {
-                        path: p,
+                        path: format!("{path}/{}", escape_pointer(k)),
                         kind: DiffKind::Extra,
                         legacy: None,
                         candidate: Some(compact(vb)),
@@ -231,10 +274,13 @@ pub fn diff_json(
         }
         (Value::Array(a), Value::Array(b)) => {
             if a.len() == b.len() && a.len() > 1 && a != b {
-                // The same elements in another order: one `order` difference, not one per index.
-                let key = |v: &serde_json::Value| v.to_string();
-                let mut sa: Vec<String> = a.iter().map(key).collect();
-                let mut sb: Vec<String> = b.iter().map(key).collect();
+                // The same elements in another order: one `order` difference, not one per
+                // index. Elements identical at the same index are in both multisets, so only
+                // the others are rendered and sorted.
+                let differing: Vec<usize> =
+                    (0..a.len()).filter(|&i| !identical(&a[i], &b[i])).collect();
+                let mut sa: Vec<String> = differing.iter().map(|&i| a[i].to_string()).collect();
+                let mut sb: Vec<String> = differing.iter().map(|&i| b[i].to_string()).collect();
                 sa.sort();
                 sb.sort();
                 if sa == sb {
@@ -256,7 +302,12 @@ pub fn diff_json(
                 });
             }
             for (i, (va, vb)) in a.iter().zip(b.iter()).enumerate() {
-                diff_json(&format!("{path}/{i}"), va, vb, tolerance, out);
+                if va == vb {
+                    continue;
+                }
+                let _ = write!(path, "/{i}");
+                diff_json_at(path, va, vb, tolerance, out);
+                path.truncate(depth);
             }
         }
         (Value::Number(a), Value::Number(b)) => {

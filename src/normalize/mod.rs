@@ -319,7 +319,9 @@ impl TimeFolding {
                     *v = Value::String("{epoch_ms}".into());
                 }
             }
-            Value::String(s) if self.date_strings => {
+            // Both date patterns need a time (`hh:mm:ss`) and at least 19 bytes: most
+            // strings are passed over without running either regex.
+            Value::String(s) if self.date_strings && s.len() >= 19 && s.contains(':') => {
                 let mut out = std::borrow::Cow::Borrowed(s.as_str());
                 for (re, with) in [(&*ISO_DATETIME, "{datetime}"), (&*HTTP_DATE, "{httpdate}")] {
                     if let Some(re) = re {
