@@ -136,7 +136,7 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn escape_pointer(key: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_pointer(key: &str) -> std::borrow::Cow<'_, str> {
     if key.contains(['~', '/']) {
         key.replace('~', "~0").replace('/', "~1").into()
     } else {
@@ -401,9 +401,13 @@ const CONTEXT_LINES: usize = 3;
 /// A unified diff of two bodies (lossy UTF-8), for people: [`unified_whole`]'s text, with the
 /// line diff run only between the lines both bodies start and end with (see [`line_ops`]).
 pub fn unified(l: &[u8], c: &[u8]) -> String {
+    unified_text(&String::from_utf8_lossy(l), &String::from_utf8_lossy(c))
+}
+
+/// [`unified`] of two texts.
+pub fn unified_text(l: &str, c: &str) -> String {
     use std::fmt::Write;
-    let (l, c) = (String::from_utf8_lossy(l), String::from_utf8_lossy(c));
-    let (old, new, ops) = line_ops(&l, &c);
+    let (old, new, ops) = line_ops(l, c);
     let mut out = String::new();
     for hunk in similar::group_diff_ops(ops, CONTEXT_LINES) {
         if hunk.is_empty() {

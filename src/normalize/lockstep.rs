@@ -9,6 +9,7 @@
 //! differential tests and fuzz target hold the two to that.
 
 use super::Rules;
+use crate::diff::Difference;
 
 /// Deeper nesting is left to the tree comparison (serde_json stops at 128 levels).
 const MAX_DEPTH: usize = 100;
@@ -31,29 +32,24 @@ enum Seg {
     Index(usize),
 }
 
-/// True when `legacy` and `candidate` are JSON documents equal after `rules` (with `now` the
-/// response's time, for time folding); false when that is not certain.
-pub(super) fn json_equal(legacy: &[u8], candidate: &[u8], rules: &Rules, now: f64) -> bool {
+/// The body differences of two JSON documents after `rules` (with `now` the response's time,
+/// for time folding), exactly as the tree comparison lists them: empty when they are equal
+/// after the rules. At most `room` differences; more, or anything the walk cannot decide, is
+/// `Undecided`. Without `[json] unordered` rules the walk goes on past a difference (the same
+/// keys in the same order, numbers and strings that differ); with them it stops at the first.
+pub(super) fn json_differences(
+    legacy: &[u8],
+    candidate: &[u8],
+    rules: &Rules,
+    now: f64,
+    room: usize,
+) -> Result<Vec<Difference>, Undecided> {
     // serde_json takes UTF-8 only; outside strings every valid byte is ASCII, so checking
     // the whole body is the same as checking its strings.
     if std::str::from_utf8(legacy).is_err() || std::str::from_utf8(candidate).is_err() {
-        return false;
+        return Err(Undecided);
     }
-    // Which ignore pointers still match the path walked so far is a bit set, one bit per
-    // pointer; more pointers than bits are left to the tree comparison.
-    let ignore = &rules.json_ignore;
-    if ignore.len() > 64 {
-        return false;
-    }
-    let mut ends = vec![0u64; MAX_DEPTH + 2];
-    let mut all = 0u64;
-    for (bit, p) in ignore.iter().enumerate() {
-        // An empty pointer removes nothing in the tree comparison, so it names nothing here.
-        if !p.is_empty() && p.len() < ends.len() {
-            ends[p.len()] |= 1 << bit;
-            all |= 1 << bit;
-        }
-    }
+    let (ends, all) = pointer_ends(rules).ok_or(Undecided)?;
     let mut walk = Walk {
         l: legacy,
         c: candidate,
@@ -64,8 +60,53 @@ pub(super) fn json_equal(legacy: &[u8], candidate: &[u8], rules: &Rules, now: f6
         ends,
         same_until: 0,
         same_offset: 0,
+        report: rules.json_unordered.is_empty(),
+        room,
+        found: Vec::new(),
+        path: Vec::new(),
+        keys: Vec::new(),
+        differing: false,
     };
-    walk.document(all).is_ok()
+    walk.document(all)?;
+    Ok(walk.found)
+}
+
+/// True when `legacy` and `candidate` are JSON documents the walk finds equal after `rules`.
+#[cfg(test)]
+pub(super) fn json_equal(legacy: &[u8], candidate: &[u8], rules: &Rules, now: f64) -> bool {
+    json_differences(legacy, candidate, rules, now, crate::diff::MAX_DIFFERENCES)
+        .is_ok_and(|found| found.is_empty())
+}
+
+/// Which ignore pointers still match the path walked so far is a bit set, one bit per
+/// pointer: by depth, the pointers that many segments long, and all of them (None: more
+/// pointers than bits, left to the tree comparison).
+fn pointer_ends(rules: &Rules) -> Option<(Vec<u64>, u64)> {
+    let ignore = &rules.json_ignore;
+    if ignore.len() > 64 {
+        return None;
+    }
+    let mut ends = vec![0u64; MAX_DEPTH + 2];
+    let mut all = 0u64;
+    for (bit, p) in ignore.iter().enumerate() {
+        // An empty pointer removes nothing in the tree comparison, so it names nothing here.
+        if !p.is_empty() && p.len() < ends.len() {
+            ends[p.len()] |= 1 << bit;
+            all |= 1 << bit;
+        }
+    }
+    Some((ends, all))
+}
+
+/// The bits set in `bits`, lowest first.
+fn bits_of(mut bits: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (bits != 0).then(|| {
+            let bit = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            bit
+        })
+    })
 }
 
 struct Walk<'a> {
@@ -82,6 +123,20 @@ struct Walk<'a> {
     same_until: usize,
     /// `j - i` when `same_until` was measured.
     same_offset: usize,
+    /// Whether differences are listed (and the walk goes on), or the first one ends it.
+    report: bool,
+    /// Most differences that may be listed.
+    room: usize,
+    /// The differences found so far, in the tree comparison's order.
+    found: Vec<Difference>,
+    /// The path from the root to the value being walked.
+    path: Vec<Seg>,
+    /// The keys of the objects being walked (each object's after its parent's).
+    keys: Vec<Seg>,
+    /// Whether the value being walked has a pair that is not the same after the rules
+    /// (a difference, or numbers within the tolerance): what makes an array element count
+    /// in the tree comparison's reordering check.
+    differing: bool,
 }
 
 fn is_ws(b: u8) -> bool {
@@ -263,6 +318,77 @@ fn segment_matches(pattern: &str, seg: Seg, legacy: &[u8]) -> bool {
     }
 }
 
+/// The pointers of `parent` (matching the path so far, `depth` segments) that also match
+/// `seg`, the next segment (a key's bytes in `body`).
+fn descend(rules: &Rules, parent: u64, depth: usize, seg: Seg, body: &[u8]) -> u64 {
+    let mut out = 0;
+    for bit in bits_of(parent) {
+        let p = &rules.json_ignore[bit];
+        if p.len() > depth && segment_matches(&p[depth], seg, body) {
+            out |= 1 << bit;
+        }
+    }
+    out
+}
+
+/// One scalar or document as serde_json reads it.
+fn parse(token: &[u8]) -> Result<serde_json::Value, Undecided> {
+    serde_json::from_slice::<serde_json::Value>(token).map_err(|_| Undecided)
+}
+
+/// A key's text (escapes decoded).
+fn key_text(seg: Seg, body: &[u8]) -> Result<std::borrow::Cow<'_, str>, Undecided> {
+    let Seg::Key {
+        start,
+        end,
+        escaped,
+    } = seg
+    else {
+        return Ok(std::borrow::Cow::Borrowed(""));
+    };
+    let raw = body.get(start..end).ok_or(Undecided)?;
+    if !escaped {
+        return std::str::from_utf8(raw)
+            .map(std::borrow::Cow::Borrowed)
+            .map_err(|_| Undecided);
+    }
+    let quoted = body.get(start - 1..end + 1).ok_or(Undecided)?;
+    serde_json::from_slice::<String>(quoted)
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| Undecided)
+}
+
+/// Whether two of an object's keys are the same text (undecided for escaped keys, which
+/// could spell one key two ways).
+fn has_duplicate_key(keys: &[Seg], body: &[u8]) -> Result<bool, Undecided> {
+    let raw = |seg: Seg| match seg {
+        Seg::Key {
+            escaped: false,
+            start,
+            end,
+        } => body.get(start..end).ok_or(Undecided),
+        _ => Err(Undecided),
+    };
+    // Most objects have a handful of keys: each against the ones before it, no allocation.
+    if keys.len() <= 8 {
+        for (n, &seg) in keys.iter().enumerate() {
+            let key = raw(seg)?;
+            for &earlier in &keys[..n] {
+                if raw(earlier)? == key {
+                    return Ok(true);
+                }
+            }
+        }
+        return Ok(false);
+    }
+    let mut sorted = keys
+        .iter()
+        .map(|&seg| raw(seg))
+        .collect::<Result<Vec<_>, _>>()?;
+    sorted.sort_unstable();
+    Ok(sorted.windows(2).any(|w| w[0] == w[1]))
+}
+
 impl Walk<'_> {
     fn document(&mut self, pointers: u64) -> Step {
         self.i = skip_ws(self.l, 0);
@@ -288,26 +414,28 @@ impl Walk<'_> {
         n <= k
     }
 
-    /// The pointers of `parent` (matching the path so far, `depth` segments) that also match
-    /// `seg`, the next segment.
-    fn descend(&self, parent: u64, depth: usize, seg: Seg) -> u64 {
-        let mut out = 0;
-        let mut bits = parent;
-        while bits != 0 {
-            let bit = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let p = &self.rules.json_ignore[bit];
-            if p.len() > depth && segment_matches(&p[depth], seg, self.l) {
-                out |= 1 << bit;
+    /// The pointer of the value being walked, as the tree comparison spells it.
+    fn pointer(&self) -> Result<String, Undecided> {
+        use std::fmt::Write;
+        let mut p = String::from("body");
+        for &seg in &self.path {
+            match seg {
+                Seg::Index(n) => {
+                    let _ = write!(p, "/{n}");
+                }
+                Seg::Key { .. } => {
+                    p.push('/');
+                    p.push_str(&crate::diff::escape_pointer(&key_text(seg, self.l)?));
+                }
             }
         }
-        out
+        Ok(p)
     }
 
     /// The value at `self.i` / `self.j` (whitespace skipped). `in_array`: some ancestor is an
-    /// array, where only differences that fold to the same value are equal (a tolerance
-    /// would let the tree comparison call the array reordered). `pointers`: the ignore
-    /// pointers matching the path so far.
+    /// array, where (when the walk stops at the first difference) only differences that fold
+    /// to the same value are equal: a tolerance would let the tree comparison call the array
+    /// reordered. `pointers`: the ignore pointers matching the path so far.
     fn value(&mut self, depth: usize, in_array: bool, pointers: u64) -> Step {
         if depth > MAX_DEPTH {
             return Err(Undecided);
@@ -339,22 +467,28 @@ impl Walk<'_> {
             return Ok(());
         }
         let c_end = lex_scalar(self.c, self.j)?;
-        let parse =
-            |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).map_err(|_| Undecided);
         let (mut a, mut b) = (parse(token)?, parse(&self.c[self.j..c_end])?);
         if self.rules.times.any() {
             self.rules.times.fold(&mut a, self.now);
             self.rules.times.fold(&mut b, self.now);
         }
-        let equal = if in_array {
-            a == b
-        } else {
+        if a != b {
+            if !self.report && in_array {
+                return Err(Undecided);
+            }
             let mut found = Vec::new();
             crate::diff::diff_json("", &a, &b, &self.rules.tolerance, &mut found);
-            found.is_empty()
-        };
-        if !equal {
-            return Err(Undecided);
+            if !self.report && !found.is_empty() {
+                return Err(Undecided);
+            }
+            self.differing = true;
+            for mut d in found {
+                if self.found.len() >= self.room {
+                    return Err(Undecided);
+                }
+                d.path = self.pointer()?;
+                self.found.push(d);
+            }
         }
         self.i = end;
         self.j = c_end;
@@ -368,6 +502,8 @@ impl Walk<'_> {
         if self.l.get(self.i) != Some(&b'"') || self.c.get(self.j) != Some(&b'"') {
             return Err(Undecided);
         }
+        let outer = std::mem::replace(&mut self.differing, false);
+        let first_key = self.keys.len();
         loop {
             // The same key on both sides, byte for byte (another order or spelling is left
             // to the tree comparison).
@@ -384,7 +520,7 @@ impl Walk<'_> {
             let below = if pointers == 0 {
                 0
             } else {
-                self.descend(pointers, depth, seg)
+                descend(self.rules, pointers, depth, seg, self.l)
             };
             self.i = skip_ws(self.l, end);
             self.j = skip_ws(self.c, self.j + key.len());
@@ -393,33 +529,89 @@ impl Walk<'_> {
             }
             self.i = skip_ws(self.l, self.i + 1);
             self.j = skip_ws(self.c, self.j + 1);
+            if self.report {
+                self.keys.push(seg);
+                self.path.push(seg);
+            }
             self.value(depth + 1, in_array, below)?;
+            if self.report {
+                self.path.pop();
+            }
             if self.separator(b'}')? {
-                return Ok(());
+                break;
             }
             if self.l.get(self.i) != Some(&b'"') || self.c.get(self.j) != Some(&b'"') {
                 return Err(Undecided);
             }
         }
+        // A key given twice keeps its last value, at its first place: where that matters
+        // (something differs below), the trees decide.
+        if self.differing && has_duplicate_key(&self.keys[first_key..], self.l)? {
+            return Err(Undecided);
+        }
+        self.keys.truncate(first_key);
+        self.differing |= outer;
+        Ok(())
     }
 
     fn array(&mut self, depth: usize, pointers: u64) -> Step {
         if self.enter(b']')? {
             return Ok(());
         }
+        let outer = std::mem::replace(&mut self.differing, false);
+        // The elements that are not the same after the rules: spans on both sides, and the
+        // pointers below them.
+        let mut differing: Vec<(usize, usize, usize, usize, u64)> = Vec::new();
         let mut index = 0;
         loop {
             let below = if pointers == 0 {
                 0
             } else {
-                self.descend(pointers, depth, Seg::Index(index))
+                descend(self.rules, pointers, depth, Seg::Index(index), self.l)
             };
+            let (i, j) = (self.i, self.j);
+            if self.report {
+                self.path.push(Seg::Index(index));
+            }
             self.value(depth + 1, true, below)?;
+            if self.report {
+                self.path.pop();
+            }
+            if std::mem::take(&mut self.differing) {
+                differing.push((i, self.i, j, self.j, below));
+            }
             if self.separator(b']')? {
-                return Ok(());
+                break;
             }
             index += 1;
         }
+        // The tree comparison first asks whether the elements are the same ones in another
+        // order (one `order` difference for the array): only elements that differ can tell.
+        if differing.len() > 1 {
+            let element = |b: &[u8], start: usize, end: usize, below: u64| {
+                let mut v = parse(b.get(start..end).ok_or(Undecided)?)?;
+                if self.rules.times.any() {
+                    self.rules.times.fold(&mut v, self.now);
+                }
+                for bit in bits_of(below) {
+                    super::remove_pointer(&mut v, &self.rules.json_ignore[bit][depth + 1..]);
+                }
+                Ok::<String, Undecided>(v.to_string())
+            };
+            let mut legacy = Vec::with_capacity(differing.len());
+            let mut candidate = Vec::with_capacity(differing.len());
+            for &(i, i_end, j, j_end, below) in &differing {
+                legacy.push(element(self.l, i, i_end, below)?);
+                candidate.push(element(self.c, j, j_end, below)?);
+            }
+            legacy.sort();
+            candidate.sort();
+            if legacy == candidate {
+                return Err(Undecided);
+            }
+        }
+        self.differing = outer || !differing.is_empty();
+        Ok(())
     }
 
     /// Past the opening bracket on both sides: true (and past `close` too) when both are
@@ -462,6 +654,212 @@ impl Walk<'_> {
     }
 }
 
+/// The text `serde_json::to_string_pretty` gives for `body` normalized by `rules` (times
+/// folded, ignored pointers removed), made from the bytes without building a tree; for the
+/// unified diff of a difference the walk found. Undecided with `[json] unordered` rules, a key
+/// given twice, or anything the walk leaves to the trees.
+pub(super) fn json_pretty(body: &[u8], rules: &Rules, now: f64) -> Result<String, Undecided> {
+    if !rules.json_unordered.is_empty() {
+        return Err(Undecided);
+    }
+    let (ends, all) = pointer_ends(rules).ok_or(Undecided)?;
+    // The pointers that end in `*`: they empty the container they name the members of.
+    let mut wildcard_last = 0u64;
+    for (bit, p) in rules.json_ignore.iter().enumerate().take(64) {
+        if p.last().is_some_and(|s| s == "*") {
+            wildcard_last |= 1 << bit;
+        }
+    }
+    let mut pretty = Pretty {
+        b: body,
+        k: skip_ws(body, 0),
+        rules,
+        now,
+        ends,
+        wildcard_last,
+        keys: Vec::new(),
+        out: Vec::with_capacity(body.len() + body.len() / 2),
+    };
+    pretty.value(0, all)?;
+    if skip_ws(body, pretty.k) != body.len() {
+        return Err(Undecided);
+    }
+    String::from_utf8(pretty.out).map_err(|_| Undecided)
+}
+
+struct Pretty<'a> {
+    b: &'a [u8],
+    k: usize,
+    rules: &'a Rules,
+    now: f64,
+    ends: Vec<u64>,
+    wildcard_last: u64,
+    keys: Vec<Seg>,
+    out: Vec<u8>,
+}
+
+/// serde_json's pretty printer's indentation.
+const INDENT: &[u8] = b"  ";
+
+impl Pretty<'_> {
+    fn newline(&mut self, depth: usize) {
+        self.out.push(b'\n');
+        for _ in 0..depth {
+            self.out.extend_from_slice(INDENT);
+        }
+    }
+
+    fn value(&mut self, depth: usize, pointers: u64) -> Step {
+        if depth > MAX_DEPTH {
+            return Err(Undecided);
+        }
+        match self.b.get(self.k) {
+            Some(b'{' | b'[') => self.container(depth, pointers),
+            _ => self.scalar(),
+        }
+    }
+
+    fn scalar(&mut self) -> Step {
+        let start = self.k;
+        let times = self.rules.times;
+        let (end, plain) = match self.b.get(start) {
+            Some(b'"') => {
+                let (end, escaped) = lex_string(self.b, start)?;
+                // What time folding could change is a string of 19 bytes or more with a `:`.
+                let datelike = times.date_strings
+                    && end - start >= 21
+                    && memchr::memchr(b':', &self.b[start..end]).is_some();
+                (end, !escaped && !datelike)
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let end = lex_number(self.b, start)?;
+                let token = &self.b[start..end];
+                // Digits alone that fit a u64 print as they are read, unless they are a time.
+                let plain = token.len() <= 19
+                    && token.iter().all(u8::is_ascii_digit)
+                    && (!(times.epoch_seconds || times.epoch_millis)
+                        || std::str::from_utf8(token)
+                            .ok()
+                            .and_then(|t| t.parse::<u64>().ok())
+                            .is_some_and(|n| times.placeholder(n as f64, self.now).is_none()));
+                (end, plain)
+            }
+            _ => (lex_scalar(self.b, start)?, true),
+        };
+        if plain {
+            self.out.extend_from_slice(&self.b[start..end]);
+        } else {
+            let mut v = parse(&self.b[start..end])?;
+            if times.any() {
+                times.fold(&mut v, self.now);
+            }
+            serde_json::to_writer(&mut self.out, &v).map_err(|_| Undecided)?;
+        }
+        self.k = end;
+        Ok(())
+    }
+
+    fn container(&mut self, depth: usize, pointers: u64) -> Step {
+        let (is_object, close) = match self.b.get(self.k) {
+            Some(b'{') => (true, b'}'),
+            _ => (false, b']'),
+        };
+        // An ignore pointer ending in `*` here leaves the container empty.
+        if pointers & self.ends[depth + 1] & self.wildcard_last != 0 {
+            self.k = skip_value(self.b, self.k, depth)?;
+            self.out
+                .extend_from_slice(if is_object { b"{}" } else { b"[]" });
+            return Ok(());
+        }
+        self.out.push(self.b[self.k]);
+        self.k = skip_ws(self.b, self.k + 1);
+        let first_key = self.keys.len();
+        let mut members = 0usize;
+        if self.b.get(self.k) == Some(&close) {
+            self.k += 1;
+        } else {
+            let mut index = 0;
+            loop {
+                let seg = if is_object {
+                    if self.b.get(self.k) != Some(&b'"') {
+                        return Err(Undecided);
+                    }
+                    let (end, escaped) = lex_string(self.b, self.k)?;
+                    let seg = Seg::Key {
+                        start: self.k + 1,
+                        end: end - 1,
+                        escaped,
+                    };
+                    self.keys.push(seg);
+                    self.k = skip_ws(self.b, end);
+                    if self.b.get(self.k) != Some(&b':') {
+                        return Err(Undecided);
+                    }
+                    self.k = skip_ws(self.b, self.k + 1);
+                    seg
+                } else {
+                    Seg::Index(index)
+                };
+                let below = if pointers == 0 {
+                    0
+                } else {
+                    descend(self.rules, pointers, depth, seg, self.b)
+                };
+                let ignored = below & self.ends[depth + 1] != 0;
+                if ignored && is_object {
+                    // Removed: neither key nor value is printed.
+                    self.k = skip_value(self.b, self.k, depth + 1)?;
+                } else {
+                    self.out
+                        .extend_from_slice(if members == 0 { b"" } else { b"," });
+                    self.newline(depth + 1);
+                    members += 1;
+                    if let Seg::Key {
+                        start,
+                        end,
+                        escaped,
+                    } = seg
+                    {
+                        if escaped {
+                            let text = key_text(seg, self.b)?;
+                            serde_json::to_writer(&mut self.out, &text).map_err(|_| Undecided)?;
+                        } else {
+                            self.out.extend_from_slice(&self.b[start - 1..end + 1]);
+                        }
+                        self.out.extend_from_slice(b": ");
+                    }
+                    if ignored {
+                        // An ignored element is replaced, so later indexes keep their meaning.
+                        self.k = skip_value(self.b, self.k, depth + 1)?;
+                        self.out.extend_from_slice(b"null");
+                    } else {
+                        self.value(depth + 1, below)?;
+                    }
+                }
+                self.k = skip_ws(self.b, self.k);
+                match self.b.get(self.k) {
+                    Some(b',') => self.k = skip_ws(self.b, self.k + 1),
+                    Some(&x) if x == close => {
+                        self.k += 1;
+                        break;
+                    }
+                    _ => return Err(Undecided),
+                }
+                index += 1;
+            }
+        }
+        if is_object && has_duplicate_key(&self.keys[first_key..], self.b)? {
+            return Err(Undecided);
+        }
+        self.keys.truncate(first_key);
+        if members > 0 {
+            self.newline(depth);
+        }
+        self.out.push(close);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,12 +871,23 @@ mod tests {
     /// Response time of the corpus: epoch values near it fold, others do not.
     const NOW: i64 = 1_795_000_000;
 
-    fn rules() -> Rules {
-        let text = "[json]\nignore = ['/a/*/b', '/x', '/*/0', '/token', '']\nunordered = ['/list', '/*/items']\nfloat_absolute = 1e-9\nfloat_relative = 1e-6\n";
+    const IGNORE: &str = "[json]\nignore = ['/a/*/b', '/x', '/*/0', '/token', '', '/list/*', '/items/1']\nfloat_absolute = 1e-9\nfloat_relative = 1e-6\n";
+
+    fn rules_from(text: &str) -> Rules {
         Rules::compile(&[
             Arc::new(RuleSet::builtin().expect("builtin")),
             Arc::new(RuleSet::parse(text, "t.toml").expect("rules")),
         ])
+    }
+
+    /// With unordered arrays: the walk stops at the first difference.
+    fn rules() -> Rules {
+        rules_from(&format!("{IGNORE}unordered = ['/list', '/*/items']\n"))
+    }
+
+    /// Without: the walk lists the differences.
+    fn listing_rules() -> Rules {
+        rules_from(IGNORE)
     }
 
     fn captured(body: Vec<u8>) -> Captured {
@@ -613,11 +1022,12 @@ mod tests {
         text
     }
 
-    #[test]
-    fn the_walk_gives_the_tree_comparisons_report_on_a_generated_corpus() {
-        let rules = rules();
-        let mut r = Rng(0x9E37_79B9_7F4A_7C15);
-        let (mut walked_equal, mut noisy_equal) = (0, 0);
+    /// The corpus compared both ways under `rules`: the same report whichever engine made it.
+    /// Returns how many pairs the walk found equal with different bytes, and how many it
+    /// listed differences for (with their unified diff).
+    fn corpus_reports_agree(rules: &Rules, seed: u64) -> (usize, usize) {
+        let mut r = Rng(seed);
+        let (mut walked_equal, mut noisy_equal, mut listed) = (0, 0, 0);
         for _ in 0..20_000 {
             let v = value(&mut r, 0);
             let w = mutate(&mut r, &v);
@@ -632,20 +1042,75 @@ mod tests {
                 String::from_utf8_lossy(&a),
                 String::from_utf8_lossy(&b)
             );
-            if json_equal(&a, &b, &rules, NOW as f64) {
-                assert!(exhaustive.is_match());
-                walked_equal += 1;
-                if a != b {
-                    noisy_equal += 1;
+            match json_differences(&a, &b, rules, NOW as f64, crate::diff::MAX_DIFFERENCES) {
+                Ok(found) if found.is_empty() => {
+                    assert!(exhaustive.is_match());
+                    walked_equal += 1;
+                    if a != b {
+                        noisy_equal += 1;
+                    }
                 }
+                Ok(_) => {
+                    if json_pretty(&a, rules, NOW as f64).is_ok()
+                        && json_pretty(&b, rules, NOW as f64).is_ok()
+                    {
+                        listed += 1;
+                    }
+                }
+                Err(Undecided) => {}
             }
         }
+        assert!(walked_equal > noisy_equal, "{walked_equal}");
+        (noisy_equal, listed)
+    }
+
+    #[test]
+    fn the_walk_gives_the_tree_comparisons_report_on_a_generated_corpus() {
+        let (noisy_equal, listed) = corpus_reports_agree(&rules(), 0x9E37_79B9_7F4A_7C15);
         // The corpus reaches the walk's every branch often enough to mean something.
         assert!(
             noisy_equal > 1000,
             "{noisy_equal} noisy pairs decided by the walk"
         );
-        assert!(walked_equal > noisy_equal, "{walked_equal}");
+        assert_eq!(
+            listed, 0,
+            "with unordered arrays the trees list differences"
+        );
+        let (noisy_equal, listed) = corpus_reports_agree(&listing_rules(), 0x2545_F491_4F6C_DD1D);
+        assert!(
+            noisy_equal > 1000,
+            "{noisy_equal} noisy pairs decided by the walk"
+        );
+        assert!(listed > 2000, "{listed} pairs listed by the walk");
+    }
+
+    #[test]
+    fn the_pretty_text_made_from_the_bytes_is_serde_jsons_of_the_normalized_tree() {
+        let rules = listing_rules();
+        let mut r = Rng(0x1234_5678_9ABC_DEF1);
+        let mut made = 0;
+        for _ in 0..20_000 {
+            let v = value(&mut r, 0);
+            let text = render(&mut r, &v);
+            let Ok(pretty) = json_pretty(&text, &rules, NOW as f64) else {
+                continue;
+            };
+            let mut tree: Value = serde_json::from_slice(&text).expect("the walk takes only JSON");
+            rules.normalize_json(&mut tree, NOW as f64);
+            let expected = serde_json::to_string_pretty(&tree).expect("pretty");
+            assert_eq!(pretty, expected, "{}", String::from_utf8_lossy(&text));
+            made += 1;
+        }
+        assert!(made > 15_000, "{made}");
+        // Removed keys, emptied and nulled containers (`/*/0` nulls both first elements),
+        // folded times, escapes, numbers as serde_json prints them.
+        let pretty = |s: &str| json_pretty(s.as_bytes(), &rules, NOW as f64).ok();
+        assert_eq!(
+            pretty(r#"{"x":1,"k":"\u0073","a":[{"b":2,"c":[]}],"list":[1,2],"items":[0,1,2],"t":1795000001,"f":1.50,"n":-0}"#).as_deref(),
+            Some("{\n  \"k\": \"s\",\n  \"a\": [\n    null\n  ],\n  \"list\": [],\n  \"items\": [\n    null,\n    null,\n    2\n  ],\n  \"t\": \"{epoch}\",\n  \"f\": 1.5,\n  \"n\": -0.0\n}")
+        );
+        assert!(pretty(r#"{"k":1,"k":2}"#).is_none(), "a key given twice");
+        assert!(pretty("[1,]").is_none());
     }
 
     #[test]

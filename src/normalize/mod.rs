@@ -306,6 +306,17 @@ impl TimeFolding {
         self.epoch_seconds || self.epoch_millis || self.date_strings
     }
 
+    /// What a number folds to, if it is a time within a day of `now` (seconds or milliseconds).
+    fn placeholder(&self, x: f64, now: f64) -> Option<&'static str> {
+        if self.epoch_seconds && (x - now).abs() <= EPOCH_WINDOW_SECS {
+            Some("{epoch}")
+        } else if self.epoch_millis && (x / 1000.0 - now).abs() <= EPOCH_WINDOW_SECS {
+            Some("{epoch_ms}")
+        } else {
+            None
+        }
+    }
+
     /// Replaces time-like values under `v`: numbers within a day of `now` (seconds or
     /// milliseconds) and dates inside strings.
     fn fold(&self, v: &mut serde_json::Value, now: f64) {
@@ -313,10 +324,8 @@ impl TimeFolding {
         match v {
             Value::Number(n) => {
                 let Some(x) = n.as_f64() else { return };
-                if self.epoch_seconds && (x - now).abs() <= EPOCH_WINDOW_SECS {
-                    *v = Value::String("{epoch}".into());
-                } else if self.epoch_millis && (x / 1000.0 - now).abs() <= EPOCH_WINDOW_SECS {
-                    *v = Value::String("{epoch_ms}".into());
+                if let Some(with) = self.placeholder(x, now) {
+                    *v = Value::String(with.into());
                 }
             }
             // Both date patterns need a time (`hh:mm:ss`) and at least 19 bytes: most
@@ -757,7 +766,9 @@ fn remove_pointer(v: &mut serde_json::Value, path: &[String]) {
                     }
                 }
             } else if last {
-                map.remove(head.as_str());
+                // Shift, not swap: the keys left keep the body's order (the unified diff
+                // shows them as the body has them).
+                map.shift_remove(head.as_str());
             } else if let Some(child) = map.get_mut(head.as_str()) {
                 remove_pointer(child, rest);
             }
@@ -905,30 +916,43 @@ impl Rules {
             let is_json = diff::looks_like_json(&legacy.headers, &legacy.body);
             let now = response_time(&legacy.headers);
             if path != BodyPath::Trees {
-                let walked = decode::identity_encoded(legacy)
-                    && decode::identity_encoded(candidate)
-                    && if is_json {
-                        lockstep::json_equal(&legacy.body, &candidate.body, self, now)
-                    } else if looks_like_html(&legacy.headers, &legacy.body) {
-                        let replaced =
-                            (self.replaced(&legacy.body), self.replaced(&candidate.body));
-                        if self.same_html(&replaced.0, &replaced.1) {
-                            return Some(unified);
+                let identity =
+                    decode::identity_encoded(legacy) && decode::identity_encoded(candidate);
+                if identity && is_json {
+                    let room = diff::MAX_DIFFERENCES.saturating_sub(differences.len());
+                    match lockstep::json_differences(&legacy.body, &candidate.body, self, now, room)
+                    {
+                        Ok(found) if found.is_empty() => return Some(unified),
+                        // A real difference: its report, with the unified diff of the two
+                        // normalized texts made straight from the bodies, is for the
+                        // comparison workers.
+                        Ok(_) if path == BodyPath::WalkOnly => return None,
+                        Ok(found) => {
+                            if let (Ok(a), Ok(b)) = (
+                                lockstep::json_pretty(&legacy.body, self, now),
+                                lockstep::json_pretty(&candidate.body, self, now),
+                            ) {
+                                differences.extend(found);
+                                return Some(diff::unified_text(&a, &b));
+                            }
                         }
-                        if path == BodyPath::WalkOnly {
-                            return None;
-                        }
-                        // The tokens of a real difference start from the same replaced text.
-                        let (a, b) = (
-                            html::tokens(&text_of(&replaced.0), &self.html),
-                            html::tokens(&text_of(&replaced.1), &self.html),
-                        );
-                        self.diff_html_tokens(&a, &b, differences, &mut unified, diff::unified);
+                        Err(lockstep::Undecided) => {}
+                    }
+                }
+                if identity && !is_json && looks_like_html(&legacy.headers, &legacy.body) {
+                    let replaced = (self.replaced(&legacy.body), self.replaced(&candidate.body));
+                    if self.same_html(&replaced.0, &replaced.1) {
                         return Some(unified);
-                    } else {
-                        false
-                    };
-                if walked {
+                    }
+                    if path == BodyPath::WalkOnly {
+                        return None;
+                    }
+                    // The tokens of a real difference start from the same replaced text.
+                    let (a, b) = (
+                        html::tokens(&text_of(&replaced.0), &self.html),
+                        html::tokens(&text_of(&replaced.1), &self.html),
+                    );
+                    self.diff_html_tokens(&a, &b, differences, &mut unified, diff::unified);
                     return Some(unified);
                 }
                 if path == BodyPath::WalkOnly {
