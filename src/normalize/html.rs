@@ -238,7 +238,8 @@ fn find_ci(hay: &str, needle: &str, from: usize) -> Option<usize> {
 
 /// Tokenizes and normalizes `html` (lossy UTF-8).
 pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
-    let mut out = Vec::new();
+    // At most a tag and a text per `<`: one allocation instead of a doubling series of copies.
+    let mut out = Vec::with_capacity(2 * memchr::memchr_iter(b'<', html.as_bytes()).count() + 1);
     let mut scanner = Scanner::new(html, rules, true);
     let mut text = String::new();
     while let Some(emitted) = scanner.step(&mut text) {

@@ -634,12 +634,12 @@ impl Rules {
         b: &[html::Token],
         differences: &mut Vec<Difference>,
         unified: &mut String,
-        unify: fn(&[u8], &[u8]) -> String,
+        unify: fn(&str, &str) -> String,
     ) {
         let (ra, rb) = (html::render(a), html::render(b));
         if ra != rb {
             diff_html(a, b, differences);
-            *unified = unify(ra.as_bytes(), rb.as_bytes());
+            *unified = unify(&ra, &rb);
         }
     }
 
@@ -952,7 +952,7 @@ impl Rules {
                         html::tokens(&text_of(&replaced.0), &self.html),
                         html::tokens(&text_of(&replaced.1), &self.html),
                     );
-                    self.diff_html_tokens(&a, &b, differences, &mut unified, diff::unified);
+                    self.diff_html_tokens(&a, &b, differences, &mut unified, diff::unified_text);
                     return Some(unified);
                 }
                 if path == BodyPath::WalkOnly {
@@ -980,7 +980,12 @@ impl Rules {
             if is_html {
                 let a = self.html_tokens(&legacy.body);
                 let b = self.html_tokens(&candidate.body);
-                self.diff_html_tokens(&a, &b, differences, &mut unified, unify);
+                let unify_text: fn(&str, &str) -> String = if path == BodyPath::Trees {
+                    |a, b| diff::unified_whole(a.as_bytes(), b.as_bytes())
+                } else {
+                    diff::unified_text
+                };
+                self.diff_html_tokens(&a, &b, differences, &mut unified, unify_text);
             } else if let Some((mut a, mut b)) = parsed {
                 self.normalize_json(&mut a, now);
                 self.normalize_json(&mut b, now);

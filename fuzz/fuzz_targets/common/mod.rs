@@ -23,6 +23,13 @@ pub fn check(rules: &Rules, data: &[u8], headers: &[(http::HeaderName, &'static 
     }
     let l = Captured { status: 200, headers: h.clone(), body: bytes::Bytes::copy_from_slice(left) };
     let r = Captured { status: 200, headers: h, body: bytes::Bytes::copy_from_slice(right) };
-    assert_eq!(rules.compare(&l, &r), rules.compare_exhaustive(&l, &r), "the walk and the full comparison agree");
+    let started = std::time::Instant::now();
+    let (walked, full) = (rules.compare(&l, &r), rules.compare_exhaustive(&l, &r));
+    // A line diff that runs past its deadline settles for a coarser answer, at whatever point
+    // the clock says: the two agree only when neither ran that long (on a loaded machine an
+    // instrumented build can, for inputs that pass when run again).
+    if started.elapsed() < cutover::diff::DIFF_DEADLINE {
+        assert_eq!(walked, full, "the walk and the full comparison agree");
+    }
     assert!(rules.compare(&l, &l).is_match(), "a body equals itself");
 }
