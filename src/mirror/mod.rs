@@ -32,9 +32,9 @@ use tokio::sync::oneshot;
 /// go to the blocking pool.
 const INLINE_COMPARE_BYTES: usize = 64 * 1024;
 /// Bodies that differ in bytes are walked on the IO thread up to this size (both sides): the
-/// JSON and the HTML walks cover 2 × 20 KB in well under 100 µs on a 2-core test machine
-/// (`cargo bench --bench normalize -- 20kb`), less than handing the pair to another thread
-/// costs there.
+/// JSON and the HTML walks cover 2 × 20 KB in 40–100 µs on the 2-core test machines (`cargo
+/// bench --bench normalize -- 20kb`): within the ~100 µs an IO thread may be held, and no
+/// hand-over to another thread.
 const INLINE_WALK_BYTES: usize = 48 * 1024;
 /// How long an exchange waits for the legacy response to finish streaming to the client.
 const LEGACY_CAPTURE_WAIT: Duration = Duration::from_secs(60);
