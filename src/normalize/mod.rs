@@ -919,7 +919,13 @@ impl Rules {
                 let identity =
                     decode::identity_encoded(legacy) && decode::identity_encoded(candidate);
                 if identity && is_json {
-                    let room = diff::MAX_DIFFERENCES.saturating_sub(differences.len());
+                    // On the IO thread (`WalkOnly`) the first real difference ends the walk:
+                    // listing them is for the comparison workers, which walk the pair again.
+                    let room = if path == BodyPath::WalkOnly {
+                        0
+                    } else {
+                        diff::MAX_DIFFERENCES.saturating_sub(differences.len())
+                    };
                     match lockstep::json_differences(&legacy.body, &candidate.body, self, now, room)
                     {
                         Ok(found) if found.is_empty() => return Some(unified),
