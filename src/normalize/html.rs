@@ -122,11 +122,109 @@ pub struct HtmlRules {
 
 /// One token of the normalized stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Token {
+pub struct Token<'t> {
     /// Element path of the token (`html/body/p[2]`), shared by the tokens of one element.
-    pub path: std::sync::Arc<str>,
+    pub path: &'t str,
     /// The token as text (`<p class="x">`, `</p>`, `hello`), after normalization.
-    pub text: String,
+    pub text: &'t str,
+}
+
+/// A page's normalized token stream, kept in one string: each token's text followed by a
+/// newline, which is also the rendering the unified diff is made from (one token a line), and
+/// per token where its text is and which element path it has. One allocation for all the
+/// texts instead of one per token, and no rendering pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    rendered: String,
+    spans: Vec<Span>,
+    paths: PathTable,
+}
+
+/// Element paths, each made once when its element opens and kept in one string; path 0 is
+/// the root's ("").
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PathTable {
+    text: String,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Default for PathTable {
+    fn default() -> Self {
+        PathTable {
+            text: String::new(),
+            spans: vec![(0, 0)],
+        }
+    }
+}
+
+impl PathTable {
+    fn get(&self, i: usize) -> &str {
+        self.spans
+            .get(i)
+            .and_then(|&(s, e)| self.text.get(s..e))
+            .unwrap_or("")
+    }
+
+    /// A child of path `parent` labelled `tag` (`[n]` after it for the `n`th same-tag child).
+    fn push(&mut self, parent: usize, tag: &str, n: usize) -> usize {
+        let start = self.text.len();
+        if let Some(&(s, e)) = self.spans.get(parent) {
+            if e > s {
+                self.text.extend_from_within(s..e);
+                self.text.push('/');
+            }
+        }
+        self.text.push_str(tag);
+        if n > 1 {
+            use std::fmt::Write;
+            let _ = write!(self.text, "[{n}]");
+        }
+        self.spans.push((start, self.text.len()));
+        self.spans.len() - 1
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+    path: usize,
+}
+
+impl Tokens {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The stream rendered one token a line (for the unified diff and the equality check).
+    pub fn rendered(&self) -> &str {
+        &self.rendered
+    }
+
+    /// The `i`th token.
+    pub fn get(&self, i: usize) -> Option<Token<'_>> {
+        let s = self.spans.get(i)?;
+        Some(Token {
+            path: self.paths.get(s.path),
+            text: self.rendered.get(s.start..s.end).unwrap_or(""),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Token<'_>> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The token texts, in order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.spans
+            .iter()
+            .map(|s| self.rendered.get(s.start..s.end).unwrap_or(""))
+            .collect()
+    }
 }
 
 /// Elements without content (no end tag).
@@ -173,9 +271,10 @@ fn lower(s: &str) -> Cow<'_, str> {
 struct Open<'a> {
     tag: Cow<'a, str>,
     /// Child element counts by tag, for sibling indexes.
-    children: Vec<(String, usize)>,
-    /// The element's full path, made once (kept only when the scanner keeps paths).
-    path: Option<std::sync::Arc<str>>,
+    children: Vec<(Cow<'a, str>, usize)>,
+    /// The element's full path in the scanner's table, made once (kept only when the scanner
+    /// keeps paths).
+    path: Option<usize>,
 }
 
 /// The attributes of a tag's inside (after its name) into `out`.
@@ -237,20 +336,33 @@ fn find_ci(hay: &str, needle: &str, from: usize) -> Option<usize> {
 }
 
 /// Tokenizes and normalizes `html` (lossy UTF-8).
-pub fn tokens(html: &str, rules: &HtmlRules) -> Vec<Token> {
-    // At most a tag and a text per `<`: one allocation instead of a doubling series of copies.
-    let mut out = Vec::with_capacity(2 * memchr::memchr_iter(b'<', html.as_bytes()).count() + 1);
+pub fn tokens(html: &str, rules: &HtmlRules) -> Tokens {
+    // At most a tag and a text per `<`: one allocation instead of a doubling series of copies;
+    // normalized texts are about as long as the page.
+    let mut spans = Vec::with_capacity(2 * memchr::memchr_iter(b'<', html.as_bytes()).count() + 1);
+    let mut rendered = String::with_capacity(html.len() + html.len() / 8);
     let mut scanner = Scanner::new(html, rules, true);
-    let mut text = String::new();
-    while let Some(emitted) = scanner.step(&mut text) {
-        if emitted {
-            out.push(Token {
-                path: scanner.token_path.clone(),
-                text: std::mem::take(&mut text),
-            });
+    loop {
+        let start = rendered.len();
+        match scanner.step(&mut rendered) {
+            None => break,
+            Some(true) => {
+                spans.push(Span {
+                    start,
+                    end: rendered.len(),
+                    path: scanner.token_path,
+                });
+                rendered.push('\n');
+            }
+            // A step without a token writes nothing.
+            Some(false) => rendered.truncate(start),
         }
     }
-    out
+    Tokens {
+        rendered,
+        spans,
+        paths: scanner.path_table,
+    }
 }
 
 /// Whether two documents give the same token texts, walked side by side without keeping
@@ -328,15 +440,16 @@ struct Scanner<'a> {
     attrs: Vec<Attr<'a>>,
     /// Whether element paths are kept (for differences; the walk needs none).
     paths: bool,
-    /// The path of the last token emitted.
-    token_path: std::sync::Arc<str>,
+    /// The path of the last token emitted (in `path_table`).
+    token_path: usize,
+    /// Every element path made (kept only when the scanner keeps paths).
+    path_table: PathTable,
     /// Where the raw text of a `script`, `style`, `textarea` or `title` just opened ends.
     raw_until: Option<usize>,
 }
 
 impl<'a> Scanner<'a> {
     fn new(html: &'a str, rules: &'a HtmlRules, paths: bool) -> Scanner<'a> {
-        let root: std::sync::Arc<str> = std::sync::Arc::from("");
         Scanner {
             html,
             rules,
@@ -344,12 +457,13 @@ impl<'a> Scanner<'a> {
             stack: vec![Open {
                 tag: Cow::Borrowed(""),
                 children: Vec::new(),
-                path: Some(root.clone()),
+                path: Some(0),
             }],
             skipping: None,
             attrs: Vec::new(),
             paths,
-            token_path: root,
+            token_path: 0,
+            path_table: PathTable::default(),
             raw_until: None,
         }
     }
@@ -391,18 +505,17 @@ impl<'a> Scanner<'a> {
         i + close + 1
     }
 
-    fn path(&self) -> std::sync::Arc<str> {
-        self.stack
-            .last()
-            .and_then(|o| o.path.clone())
-            .unwrap_or_else(|| std::sync::Arc::from(""))
+    fn path(&self) -> usize {
+        self.stack.last().and_then(|o| o.path).unwrap_or(0)
     }
 
-    /// Text at the current element into `out`; whether it makes a token.
+    /// Text at the current element appended to `out`; whether it makes a token (when not,
+    /// nothing was appended).
     fn text(&mut self, text: &str, out: &mut String) -> bool {
         if self.skipping.is_some() {
             return false;
         }
+        let start = out.len();
         if self.rules.fold_whitespace {
             for (n, word) in text.split_whitespace().enumerate() {
                 if n > 0 {
@@ -413,7 +526,7 @@ impl<'a> Scanner<'a> {
         } else {
             out.push_str(text);
         }
-        if out.is_empty() {
+        if out.len() == start {
             return false;
         }
         if self.paths {
@@ -585,8 +698,8 @@ impl<'a> Scanner<'a> {
             }
             if let Some(pos) = self.stack.iter().rposition(|o| o.tag == tag) {
                 if pos > 0 {
-                    if let Some(path) = &self.stack[pos].path {
-                        self.token_path = path.clone();
+                    if let Some(path) = self.stack[pos].path {
+                        self.token_path = path;
                     }
                     self.stack.truncate(pos);
                     if EMIT {
@@ -646,7 +759,7 @@ impl<'a> Scanner<'a> {
             out.push('>');
         }
         self.attrs = attrs;
-        let tag_path: Option<std::sync::Arc<str>> = if self.paths {
+        let tag_path: Option<usize> = if self.paths {
             // Sibling index among same-tag children of the parent.
             let parent = self.stack.last_mut().map(|p| {
                 match p.children.iter_mut().find(|(t, _)| *t == tag) {
@@ -655,23 +768,14 @@ impl<'a> Scanner<'a> {
                         e.1
                     }
                     None => {
-                        p.children.push((tag.to_string(), 1));
+                        p.children.push((tag.clone(), 1));
                         1
                     }
                 }
             });
-            let label = match parent {
-                Some(n) if n > 1 => format!("{tag}[{n}]"),
-                _ => tag.to_string(),
-            };
             let base = self.path();
-            let path: std::sync::Arc<str> = if base.is_empty() {
-                std::sync::Arc::from(label.as_str())
-            } else {
-                std::sync::Arc::from(format!("{base}/{label}").as_str())
-            };
-            self.token_path = path.clone();
-            Some(path)
+            self.token_path = self.path_table.push(base, &tag, parent.unwrap_or(1));
+            Some(self.token_path)
         } else {
             None
         };
@@ -697,16 +801,6 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// The stream rendered one token a line (for the unified diff and the fast equality check).
-pub fn render(tokens: &[Token]) -> String {
-    let mut s = String::new();
-    for t in tokens {
-        s.push_str(&t.text);
-        s.push('\n');
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,7 +821,7 @@ mod tests {
     fn paths_and_normalization() {
         let html = "<html><body><p b='2' a=\"1\">Hello\n   world</p><!-- x --><p>two</p><form><input name=\"_token\" value=\"abc\"><input name=user></form><div id=debug><b>t</b></div><script nonce=\"n1\">var x = 1;</script></body></html>";
         let t = tokens(html, &rules());
-        let texts: Vec<&str> = t.iter().map(|t| t.text.as_str()).collect();
+        let texts = t.texts();
         assert!(texts.contains(&"<p a=\"1\" b=\"2\">"), "{texts:?}");
         assert!(texts.contains(&"Hello world"));
         assert!(
@@ -738,9 +832,9 @@ mod tests {
             "{texts:?}"
         );
         let two = t.iter().find(|t| t.text == "two").expect("second p text");
-        assert_eq!(&*two.path, "html/body/p[2]");
+        assert_eq!(two.path, "html/body/p[2]");
         let user = t.iter().find(|t| t.text.contains("user")).expect("input");
-        assert_eq!(&*user.path, "html/body/form/input");
+        assert_eq!(user.path, "html/body/form/input");
         assert!(texts.contains(&"var x = 1;"));
     }
 
@@ -748,7 +842,7 @@ mod tests {
     fn attribute_order_and_whitespace_do_not_matter() {
         let a = tokens("<div class=a id=b>x  y</div>", &rules());
         let b = tokens("<div id=b class=a>x y</div>\n", &rules());
-        assert_eq!(render(&a), render(&b));
+        assert_eq!(a.rendered(), b.rendered());
     }
 
     #[test]
@@ -837,7 +931,7 @@ mod tests {
             let (a, b) = (doc.concat(), other.concat());
             for r in [rules(), HtmlRules::default(), by_tag.clone()] {
                 let texts = |s: &str| -> Vec<String> {
-                    tokens(s, &r).into_iter().map(|t| t.text).collect()
+                    tokens(s, &r).iter().map(|t| t.text.to_string()).collect()
                 };
                 let same = texts(&a) == texts(&b);
                 assert_eq!(same_tokens(&a, &b, &r), same, "{a:?} {b:?}");

@@ -630,21 +630,21 @@ impl Rules {
     /// The differences of two token streams, and their unified diff (one token a line).
     fn diff_html_tokens(
         &self,
-        a: &[html::Token],
-        b: &[html::Token],
+        a: &html::Tokens,
+        b: &html::Tokens,
         differences: &mut Vec<Difference>,
         unified: &mut String,
         unify: fn(&str, &str) -> String,
     ) {
-        let (ra, rb) = (html::render(a), html::render(b));
+        let (ra, rb) = (a.rendered(), b.rendered());
         if ra != rb {
             diff_html(a, b, differences);
-            *unified = unify(&ra, &rb);
+            *unified = unify(ra, rb);
         }
     }
 
     /// HTML body normalization: text replacements, then the token stream.
-    pub fn html_tokens(&self, body: &[u8]) -> Vec<html::Token> {
+    pub fn html_tokens(&self, body: &[u8]) -> html::Tokens {
         let v = self.replaced(body);
         html::tokens(&text_of(&v), &self.html)
     }
@@ -718,9 +718,8 @@ pub fn looks_like_html(headers: &http::HeaderMap, body: &[u8]) -> bool {
 }
 
 /// Token streams compared with `similar`; each changed run is a difference at its element path.
-fn diff_html(a: &[html::Token], b: &[html::Token], out: &mut Vec<Difference>) {
-    let ta: Vec<&str> = a.iter().map(|t| t.text.as_str()).collect();
-    let tb: Vec<&str> = b.iter().map(|t| t.text.as_str()).collect();
+fn diff_html(a: &html::Tokens, b: &html::Tokens, out: &mut Vec<Difference>) {
+    let (ta, tb) = (a.texts(), b.texts());
     let deadline = std::time::Instant::now() + diff::DIFF_DEADLINE;
     let ops =
         similar::capture_diff_slices_deadline(similar::Algorithm::Myers, &ta, &tb, Some(deadline));
@@ -738,7 +737,7 @@ fn diff_html(a: &[html::Token], b: &[html::Token], out: &mut Vec<Difference>) {
         let path = a
             .get(old.start)
             .or_else(|| b.get(new.start))
-            .map(|t| t.path.clone())
+            .map(|t| t.path)
             .unwrap_or_default();
         out.push(Difference {
             path: format!("body/{path}"),
