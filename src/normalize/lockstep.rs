@@ -678,7 +678,8 @@ pub(super) fn json_pretty(body: &[u8], rules: &Rules, now: f64) -> Result<String
         ends,
         wildcard_last,
         keys: Vec::new(),
-        out: Vec::with_capacity(body.len() + body.len() / 2),
+        // Indentation makes the pretty text of nested documents two to three times the body.
+        out: Vec::with_capacity(body.len() * 5 / 2 + 64),
     };
     pretty.value(0, all)?;
     if skip_ws(body, pretty.k) != body.len() {
@@ -703,9 +704,17 @@ const INDENT: &[u8] = b"  ";
 
 impl Pretty<'_> {
     fn newline(&mut self, depth: usize) {
-        self.out.push(b'\n');
-        for _ in 0..depth {
-            self.out.extend_from_slice(INDENT);
+        // A newline and the indentation of most depths in one copy.
+        const LINE: &[u8; 65] =
+            b"\n                                                                ";
+        match LINE.get(..1 + depth * INDENT.len()) {
+            Some(line) => self.out.extend_from_slice(line),
+            None => {
+                self.out.push(b'\n');
+                for _ in 0..depth {
+                    self.out.extend_from_slice(INDENT);
+                }
+            }
         }
     }
 
