@@ -210,8 +210,12 @@ impl Tokens {
         let s = self.spans.get(i)?;
         Some(Token {
             path: self.paths.get(s.path),
-            text: self.rendered.get(s.start..s.end).unwrap_or(""),
+            text: self.text_of(s),
         })
+    }
+
+    fn text_of(&self, s: &Span) -> &str {
+        self.rendered.get(s.start..s.end).unwrap_or("")
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Token<'_>> + '_ {
@@ -220,10 +224,7 @@ impl Tokens {
 
     /// The token texts, in order.
     pub fn texts(&self) -> Vec<&str> {
-        self.spans
-            .iter()
-            .map(|s| self.rendered.get(s.start..s.end).unwrap_or(""))
-            .collect()
+        self.spans.iter().map(|s| self.text_of(s)).collect()
     }
 }
 
