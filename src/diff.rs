@@ -429,6 +429,129 @@ pub fn unified_text(l: &str, c: &str) -> String {
     out
 }
 
+/// [`unified_text`] of two texts that come after `lines_before` lines both share (which are not
+/// given): the same hunks, numbered as in the whole texts. None when the first change is within
+/// the context of the texts' start, where the shared lines would show as context or could
+/// take the change (the line diff's compaction slides a change over lines equal to it).
+pub fn unified_text_after(l: &str, c: &str, lines_before: usize) -> Option<String> {
+    use std::fmt::Write;
+    if lines_before == 0 {
+        return Some(unified_text(l, c));
+    }
+    let (old, new, ops) = line_ops(l, c);
+    let first = ops
+        .iter()
+        .find(|op| op.tag() != similar::DiffTag::Equal)?;
+    if first.old_range().start < CONTEXT_LINES || first.new_range().start < CONTEXT_LINES {
+        return None;
+    }
+    let shifted: Vec<similar::DiffOp> = ops.iter().map(|op| shift(*op, lines_before)).collect();
+    let (old, new) = (
+        Shifted {
+            lines: &old,
+            by: lines_before,
+        },
+        Shifted {
+            lines: &new,
+            by: lines_before,
+        },
+    );
+    let mut out = String::new();
+    for hunk in similar::group_diff_ops(shifted, CONTEXT_LINES) {
+        if hunk.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str("--- legacy\n+++ candidate\n");
+        }
+        let _ = writeln!(out, "{}", similar::udiff::UnifiedHunkHeader::new(&hunk));
+        for op in &hunk {
+            for change in op.iter_changes(&old, &new) {
+                let _ = write!(out, "{}{}", change.tag(), change.value());
+                if change.missing_newline() {
+                    out.push_str("\n\\ No newline at end of file\n");
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// An op `by` lines further on.
+fn shift(op: similar::DiffOp, by: usize) -> similar::DiffOp {
+    use similar::DiffOp;
+    match op {
+        DiffOp::Equal {
+            old_index,
+            new_index,
+            len,
+        } => DiffOp::Equal {
+            old_index: old_index + by,
+            new_index: new_index + by,
+            len,
+        },
+        DiffOp::Delete {
+            old_index,
+            old_len,
+            new_index,
+        } => DiffOp::Delete {
+            old_index: old_index + by,
+            old_len,
+            new_index: new_index + by,
+        },
+        DiffOp::Insert {
+            old_index,
+            new_index,
+            new_len,
+        } => DiffOp::Insert {
+            old_index: old_index + by,
+            new_index: new_index + by,
+            new_len,
+        },
+        DiffOp::Replace {
+            old_index,
+            old_len,
+            new_index,
+            new_len,
+        } => DiffOp::Replace {
+            old_index: old_index + by,
+            old_len,
+            new_index: new_index + by,
+            new_len,
+        },
+    }
+}
+
+/// Lines numbered from `by`: what the shifted ops index.
+struct Shifted<'l> {
+    lines: &'l [&'l str],
+    by: usize,
+}
+
+impl<'l> std::ops::Index<usize> for Shifted<'l> {
+    type Output = &'l str;
+    fn index(&self, i: usize) -> &&'l str {
+        // The ops were shifted by `by` from indexes into `lines`.
+        &self.lines[i - self.by]
+    }
+}
+
+/// How many lines `similar` splits `s` into (as [`lines`] does, without keeping them).
+pub fn line_count(s: &str) -> usize {
+    let b = s.as_bytes();
+    let (mut n, mut start) = (0, 0);
+    while let Some(k) = memchr::memchr2(b'\n', b'\r', &b[start..]) {
+        let at = start + k;
+        start = if b[at] == b'\r' && b.get(at + 1) == Some(&b'\n') {
+            at + 2
+        } else {
+            at + 1
+        };
+        n += 1;
+    }
+    n + usize::from(start < b.len())
+}
+
 /// The line diff `similar`'s `TextDiff::diff_lines(l, c)` makes (its lines and its ops, Myers
 /// then its compaction), without pushing the lines both texts start and end with through the
 /// diff: Myers strips them first anyway, and finding them a block of bytes at a time is what

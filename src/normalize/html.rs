@@ -340,9 +340,14 @@ fn find_ci(hay: &str, needle: &str, from: usize) -> Option<usize> {
 pub fn tokens(html: &str, rules: &HtmlRules) -> Tokens {
     // At most a tag and a text per `<`: one allocation instead of a doubling series of copies;
     // normalized texts are about as long as the page.
-    let mut spans = Vec::with_capacity(2 * memchr::memchr_iter(b'<', html.as_bytes()).count() + 1);
-    let mut rendered = String::with_capacity(html.len() + html.len() / 8);
-    let mut scanner = Scanner::new(html, rules, true);
+    rest_of(Scanner::new(html, rules, true))
+}
+
+/// The tokens from where `scanner` is to the end of its page.
+fn rest_of(mut scanner: Scanner) -> Tokens {
+    let rest = scanner.html.get(scanner.i..).unwrap_or("");
+    let mut spans = Vec::with_capacity(2 * memchr::memchr_iter(b'<', rest.as_bytes()).count() + 1);
+    let mut rendered = String::with_capacity(rest.len() + rest.len() / 8);
     loop {
         let start = rendered.len();
         match scanner.step(&mut rendered) {
@@ -363,6 +368,61 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Tokens {
         rendered,
         spans,
         paths: scanner.path_table,
+    }
+}
+
+/// Two pages' token streams from a token both reach in the same state, with what came before
+/// it (the same tokens on both sides) only counted.
+#[derive(Debug)]
+pub struct Window {
+    pub legacy: Tokens,
+    pub candidate: Tokens,
+    /// Tokens before the window, on each side.
+    pub tokens_before: usize,
+    /// Lines of the rendering before the window (a token's text can hold line breaks).
+    pub lines_before: usize,
+}
+
+/// The token streams of `a` and `b` from the last step that reads only bytes both pages start
+/// with and ends at least `margin` bytes before the first byte they differ in: every step
+/// before it gives both pages the same token and state, so it is taken once, on `a`, and the
+/// tokens it makes are only counted (the paths of the elements still open are kept).
+pub fn window<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules, margin: usize) -> Window {
+    let limit = super::common_prefix(a.as_bytes(), b.as_bytes()).saturating_sub(margin);
+    let mut sa = Scanner::new(a, rules, true);
+    let (mut tokens_before, mut lines_before) = (0, 0);
+    let mut text = String::new();
+    // Raw text is read ahead to its closing tag (`next_extent` says past the end), so the
+    // walk never stops inside it.
+    while sa.i < a.len() && sa.raw_until.is_none() && sa.next_extent() <= limit {
+        text.clear();
+        match sa.step(&mut text) {
+            None => break,
+            Some(true) => {
+                text.push('\n');
+                tokens_before += 1;
+                lines_before += crate::diff::line_count(&text);
+            }
+            Some(false) => {}
+        }
+    }
+    let sb = Scanner {
+        html: b,
+        rules,
+        i: sa.i,
+        stack: sa.stack.clone(),
+        skipping: sa.skipping.clone(),
+        attrs: Vec::new(),
+        paths: true,
+        token_path: sa.token_path,
+        path_table: sa.path_table.clone(),
+        raw_until: sa.raw_until,
+    };
+    Window {
+        legacy: rest_of(sa),
+        candidate: rest_of(sb),
+        tokens_before,
+        lines_before,
     }
 }
 
