@@ -430,19 +430,30 @@ pub fn unified_text(l: &str, c: &str) -> String {
 }
 
 /// [`unified_text`] of two texts that come after `lines_before` lines both share (which are not
-/// given): the same hunks, numbered as in the whole texts. None when the first change is within
-/// the context of the texts' start, where the shared lines would show as context or could
-/// take the change (the line diff's compaction slides a change over lines equal to it).
-pub fn unified_text_after(l: &str, c: &str, lines_before: usize) -> Option<String> {
+/// given), and, when `cut_after`, before lines both share (not given either): the same hunks,
+/// numbered as in the whole texts. None when a change is within the context of a cut, where the
+/// lines left out would show as context or could take the change (the line diff's compaction
+/// slides a change over lines equal to it).
+pub fn unified_text_after(
+    l: &str,
+    c: &str,
+    lines_before: usize,
+    cut_after: bool,
+) -> Option<String> {
     use std::fmt::Write;
-    if lines_before == 0 {
-        return Some(unified_text(l, c));
-    }
     let (old, new, ops) = line_ops(l, c);
-    let first = ops
-        .iter()
-        .find(|op| op.tag() != similar::DiffTag::Equal)?;
-    if first.old_range().start < CONTEXT_LINES || first.new_range().start < CONTEXT_LINES {
+    let mut changes = ops.iter().filter(|op| op.tag() != similar::DiffTag::Equal);
+    let first = changes.next()?;
+    if lines_before > 0
+        && (first.old_range().start < CONTEXT_LINES || first.new_range().start < CONTEXT_LINES)
+    {
+        return None;
+    }
+    let last = changes.next_back().unwrap_or(first);
+    if cut_after
+        && (last.old_range().end + CONTEXT_LINES >= old.len()
+            || last.new_range().end + CONTEXT_LINES >= new.len())
+    {
         return None;
     }
     let shifted: Vec<similar::DiffOp> = ops.iter().map(|op| shift(*op, lines_before)).collect();
@@ -653,7 +664,7 @@ pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// Length of the longest common suffix of `a` and `b`, compared a block at a time.
-fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+pub fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     const BLOCK: usize = 64;
     let max = a.len().min(b.len());
     let (ea, eb) = (a.len(), b.len());

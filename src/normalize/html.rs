@@ -345,34 +345,58 @@ pub fn tokens(html: &str, rules: &HtmlRules) -> Tokens {
 
 /// The tokens from where `scanner` is to the end of its page.
 fn rest_of(mut scanner: Scanner) -> Tokens {
-    let rest = scanner.html.get(scanner.i..).unwrap_or("");
-    let mut spans = Vec::with_capacity(2 * memchr::memchr_iter(b'<', rest.as_bytes()).count() + 1);
-    let mut rendered = String::with_capacity(rest.len() + rest.len() / 8);
-    loop {
-        let start = rendered.len();
-        match scanner.step(&mut rendered) {
-            None => break,
-            Some(true) => {
-                spans.push(Span {
-                    start,
-                    end: rendered.len(),
-                    path: scanner.token_path,
-                });
-                rendered.push('\n');
-            }
-            // A step without a token writes nothing.
-            Some(false) => rendered.truncate(start),
+    let mut out = Builder::for_rest_of(&scanner);
+    while out.step(&mut scanner).is_some() {}
+    out.finish(scanner)
+}
+
+/// A token stream being made, a step at a time.
+struct Builder {
+    spans: Vec<Span>,
+    rendered: String,
+}
+
+impl Builder {
+    /// Room for the tokens of the rest of `scanner`'s page: at most a tag and a text per `<`,
+    /// one allocation instead of a doubling series of copies; normalized texts are about as
+    /// long as the page.
+    fn for_rest_of(scanner: &Scanner) -> Builder {
+        let rest = scanner.html.get(scanner.i..).unwrap_or("");
+        Builder {
+            spans: Vec::with_capacity(2 * memchr::memchr_iter(b'<', rest.as_bytes()).count() + 1),
+            rendered: String::with_capacity(rest.len() + rest.len() / 8),
         }
     }
-    Tokens {
-        rendered,
-        spans,
-        paths: scanner.path_table,
+
+    /// One step of `scanner`, its token kept: None at the end of the page.
+    fn step(&mut self, scanner: &mut Scanner) -> Option<()> {
+        let start = self.rendered.len();
+        if scanner.step(&mut self.rendered)? {
+            self.spans.push(Span {
+                start,
+                end: self.rendered.len(),
+                path: scanner.token_path,
+            });
+            self.rendered.push('\n');
+        } else {
+            // A step without a token writes nothing.
+            self.rendered.truncate(start);
+        }
+        Some(())
+    }
+
+    fn finish(self, scanner: Scanner) -> Tokens {
+        Tokens {
+            rendered: self.rendered,
+            spans: self.spans,
+            paths: scanner.path_table,
+        }
     }
 }
 
-/// Two pages' token streams from a token both reach in the same state, with what came before
-/// it (the same tokens on both sides) only counted.
+/// Two pages' token streams from a token both reach in the same state to, when they end alike,
+/// a token after which both give the same tokens; what comes before the window (the same
+/// tokens on both sides) is only counted, and what comes after it is left out.
 #[derive(Debug)]
 pub struct Window {
     pub legacy: Tokens,
@@ -381,14 +405,20 @@ pub struct Window {
     pub tokens_before: usize,
     /// Lines of the rendering before the window (a token's text can hold line breaks).
     pub lines_before: usize,
+    /// Whether tokens after the window were left out (the same on both sides).
+    pub cut_after: bool,
 }
 
 /// The token streams of `a` and `b` from the last step that reads only bytes both pages start
 /// with and ends at least `margin` bytes before the first byte they differ in: every step
 /// before it gives both pages the same token and state, so it is taken once, on `a`, and the
-/// tokens it makes are only counted (the paths of the elements still open are kept).
+/// tokens it makes are only counted (the paths of the elements still open are kept). They end
+/// where both scanners stand in the same state as many bytes from their page's end, in the
+/// bytes both pages end with and at least `margin` after the last byte they differ in: the
+/// same bytes read in the same state give the same tokens.
 pub fn window<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules, margin: usize) -> Window {
-    let limit = super::common_prefix(a.as_bytes(), b.as_bytes()).saturating_sub(margin);
+    let shared = super::common_prefix(a.as_bytes(), b.as_bytes());
+    let limit = shared.saturating_sub(margin);
     let mut sa = Scanner::new(a, rules, true);
     let (mut tokens_before, mut lines_before) = (0, 0);
     let mut text = String::new();
@@ -406,7 +436,7 @@ pub fn window<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules, margin: usize) -
             Some(false) => {}
         }
     }
-    let sb = Scanner {
+    let mut sb = Scanner {
         html: b,
         rules,
         i: sa.i,
@@ -418,11 +448,39 @@ pub fn window<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules, margin: usize) -
         path_table: sa.path_table.clone(),
         raw_until: sa.raw_until,
     };
+    // The shared end, not counting bytes of the shared start (a page inside the other).
+    let room = a.len().min(b.len()) - shared;
+    let shared_end = crate::diff::common_suffix(
+        &a.as_bytes()[a.len() - room..],
+        &b.as_bytes()[b.len() - room..],
+    );
+    let after = shared_end.saturating_sub(margin);
+    let (mut ta, mut tb) = (Builder::for_rest_of(&sa), Builder::for_rest_of(&sb));
+    let mut cut_after = false;
+    loop {
+        let (left_a, left_b) = (a.len() - sa.i, b.len() - sb.i);
+        if left_a == left_b && left_a <= after && sa.same_state(&sb) {
+            cut_after = left_a > 0;
+            break;
+        }
+        // The side further from its end steps, until both stand as far from it.
+        let stepped = if left_a >= left_b {
+            ta.step(&mut sa)
+        } else {
+            tb.step(&mut sb)
+        };
+        if stepped.is_none() {
+            while ta.step(&mut sa).is_some() {}
+            while tb.step(&mut sb).is_some() {}
+            break;
+        }
+    }
     Window {
-        legacy: rest_of(sa),
-        candidate: rest_of(sb),
+        legacy: ta.finish(sa),
+        candidate: tb.finish(sb),
         tokens_before,
         lines_before,
+        cut_after,
     }
 }
 
@@ -532,6 +590,21 @@ impl<'a> Scanner<'a> {
     /// How far (exclusive) the next step reads; past the page's end when it reads to the end.
     /// A step that opens a raw-text element reads ahead to its closing tag: it counts as
     /// reading everything.
+    /// Whether the same bytes from here to the end give both scanners the same tokens: the
+    /// same elements open (by tag: paths do not make token texts), the same ignored element
+    /// being skipped, raw text ending as far from the end.
+    fn same_state(&self, other: &Scanner) -> bool {
+        let raw_left = |s: &Scanner| s.raw_until.map(|e| s.html.len() - e);
+        raw_left(self) == raw_left(other)
+            && self.skipping == other.skipping
+            && self.stack.len() == other.stack.len()
+            && self
+                .stack
+                .iter()
+                .zip(&other.stack)
+                .all(|(x, y)| x.tag == y.tag)
+    }
+
     fn next_extent(&self) -> usize {
         let (bytes, i) = (self.html.as_bytes(), self.i);
         let past_end = bytes.len() + 1;
@@ -863,8 +936,52 @@ impl<'a> Scanner<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Bits of pages, well and badly formed, that generated pages are made of.
+    pub(crate) const PIECES: &[&str] = &[
+        "<p>",
+        "</p>",
+        "<div class=a id=b>",
+        "<div id=b class=a>",
+        "</div>",
+        "text ",
+        "  \n ",
+        "<!-- c -->",
+        "<!--",
+        "<script>",
+        "</script>",
+        "x < y",
+        "<br/>",
+        "<input name=_token value=1>",
+        "<input name=\"_token\" value='2'>",
+        "<div id=debug>",
+        "<b>",
+        "</b>",
+        "<!DOCTYPE html>",
+        "<title>T</title>",
+        "<a href='x' nonce=n>",
+        "<a nonce=m href='x'>",
+        "</a>",
+        "<",
+        ">",
+        "</ div>",
+        "<P A=1 a=2>",
+        "<textarea>",
+        "\u{e9}",
+        "<>",
+        "</x>",
+        "<style>p{}</STYLE>",
+        "<span>",
+        "</span>",
+        "<img src=a>",
+        "<p/>",
+        "<h1 class=x>",
+        "</h1>",
+        "</div >",
+    ];
+
     fn rules() -> HtmlRules {
         HtmlRules {
             strip_comments: true,
@@ -925,47 +1042,7 @@ mod tests {
 
     #[test]
     fn the_side_by_side_walk_sees_the_token_stream_the_trees_see() {
-        let pieces = [
-            "<p>",
-            "</p>",
-            "<div class=a id=b>",
-            "<div id=b class=a>",
-            "</div>",
-            "text ",
-            "  \n ",
-            "<!-- c -->",
-            "<!--",
-            "<script>",
-            "</script>",
-            "x < y",
-            "<br/>",
-            "<input name=_token value=1>",
-            "<input name=\"_token\" value='2'>",
-            "<div id=debug>",
-            "<b>",
-            "</b>",
-            "<!DOCTYPE html>",
-            "<title>T</title>",
-            "<a href='x' nonce=n>",
-            "<a nonce=m href='x'>",
-            "</a>",
-            "<",
-            ">",
-            "</ div>",
-            "<P A=1 a=2>",
-            "<textarea>",
-            "\u{e9}",
-            "<>",
-            "</x>",
-            "<style>p{}</STYLE>",
-            "<span>",
-            "</span>",
-            "<img src=a>",
-            "<p/>",
-            "<h1 class=x>",
-            "</h1>",
-            "</div >",
-        ];
+        let pieces = PIECES;
         // Selectors that name their tag: other tags are skimmed by the plain steps.
         let by_tag = HtmlRules {
             ignore_elements: vec![

@@ -643,6 +643,53 @@ impl Rules {
         }
     }
 
+    /// The differences of two HTML texts (their replacements made) and their unified diff: from
+    /// the window both pages reach in the same state `margin` bytes before they differ when the
+    /// window gives what the whole token streams give, from the whole streams otherwise.
+    fn diff_html_texts(
+        &self,
+        a: &str,
+        b: &str,
+        margin: usize,
+        differences: &mut Vec<Difference>,
+        unified: &mut String,
+    ) {
+        if !self.diff_html_window(a, b, margin, differences, unified) {
+            let (a, b) = (html::tokens(a, &self.html), html::tokens(b, &self.html));
+            self.diff_html_tokens(&a, &b, differences, unified, diff::unified_text);
+        }
+    }
+
+    /// [`Self::diff_html_texts`] from the window, when it can be: false (nothing listed) when
+    /// the window is the whole streams or a changed line is within the context of one of its
+    /// ends. The token diff of the window is that of the whole streams (Myers takes the shared
+    /// start and end off first), and so is the line diff once its changes are far enough from
+    /// the cuts that neither their context nor their compaction reaches the lines left out.
+    fn diff_html_window(
+        &self,
+        a: &str,
+        b: &str,
+        margin: usize,
+        differences: &mut Vec<Difference>,
+        unified: &mut String,
+    ) -> bool {
+        let w = html::window(a, b, &self.html, margin);
+        if w.tokens_before == 0 && !w.cut_after {
+            return false;
+        }
+        let Some(text) = diff::unified_text_after(
+            w.legacy.rendered(),
+            w.candidate.rendered(),
+            w.lines_before,
+            w.cut_after,
+        ) else {
+            return false;
+        };
+        diff_html(&w.legacy, &w.candidate, differences);
+        *unified = text;
+        true
+    }
+
     /// HTML body normalization: text replacements, then the token stream.
     pub fn html_tokens(&self, body: &[u8]) -> html::Tokens {
         let v = self.replaced(body);
@@ -686,6 +733,10 @@ impl Rules {
         }
     }
 }
+
+/// How far before the first byte two HTML pages differ in their difference's window starts:
+/// room for the unified diff's context lines, which the window must hold.
+const HTML_WINDOW_MARGIN: usize = 512;
 
 /// The walks skip what both sides share with it.
 use crate::diff::common_prefix;
@@ -953,11 +1004,13 @@ impl Rules {
                         return None;
                     }
                     // The tokens of a real difference start from the same replaced text.
-                    let (a, b) = (
-                        html::tokens(&text_of(&replaced.0), &self.html),
-                        html::tokens(&text_of(&replaced.1), &self.html),
+                    self.diff_html_texts(
+                        &text_of(&replaced.0),
+                        &text_of(&replaced.1),
+                        HTML_WINDOW_MARGIN,
+                        differences,
+                        &mut unified,
                     );
-                    self.diff_html_tokens(&a, &b, differences, &mut unified, diff::unified_text);
                     return Some(unified);
                 }
                 if path == BodyPath::WalkOnly {
@@ -1034,6 +1087,115 @@ mod tests {
 
     fn rules(text: &str) -> Rules {
         Rules::compile(&[Arc::new(RuleSet::parse(text, "t.toml").expect("parse"))])
+    }
+
+    /// The full path's differences and unified diff of two HTML texts.
+    fn html_whole(r: &Rules, a: &str, b: &str) -> (Vec<Difference>, String) {
+        let (mut found, mut unified) = (Vec::new(), String::new());
+        let (ta, tb) = (html::tokens(a, &r.html), html::tokens(b, &r.html));
+        r.diff_html_tokens(&ta, &tb, &mut found, &mut unified, diff::unified_text);
+        (found, unified)
+    }
+
+    #[test]
+    fn the_html_window_lists_what_the_whole_token_streams_list() {
+        let rule_sets = [
+            rules("[html]\nstrip_comments = true\nsort_attributes = true\nignore_elements = ['input[name=_token]', '#debug']\nignore_attributes = ['nonce']\n"),
+            rules("[text]\nfold_whitespace = true\n"),
+            rules("[html]\nignore_elements = ['div#debug', 'b']\n"),
+        ];
+        let pieces = html::tests::PIECES;
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut windowed, mut whole, mut cut_after, mut cut_both) = (0, 0, 0, 0);
+        for _ in 0..4_000 {
+            let mut doc: Vec<&str> = (0..20 + next(150))
+                .map(|_| match next(6) {
+                    0 => "\n",
+                    1 => "<li>",
+                    _ => pieces[next(pieces.len())],
+                })
+                .collect();
+            let a = doc.concat();
+            for _ in 0..1 + next(3) {
+                let at = next(doc.len());
+                match next(3) {
+                    0 => doc[at] = pieces[next(pieces.len())],
+                    1 => doc.insert(at, pieces[next(pieces.len())]),
+                    _ => {
+                        doc.remove(at);
+                    }
+                }
+            }
+            let b = doc.concat();
+            for r in &rule_sets {
+                let expected = html_whole(r, &a, &b);
+                for margin in [0, 1, 4, 16, 40, 100, 512] {
+                    let (mut found, mut unified) = (Vec::new(), String::new());
+                    if r.diff_html_window(&a, &b, margin, &mut found, &mut unified) {
+                        windowed += 1;
+                        let w = html::window(&a, &b, &r.html, margin);
+                        if w.cut_after {
+                            cut_after += 1;
+                            if w.tokens_before > 0 {
+                                cut_both += 1;
+                            }
+                        }
+                        assert_eq!((found, unified), expected, "margin {margin}\n{a:?}\n{b:?}");
+                    } else {
+                        assert!(found.is_empty() && unified.is_empty());
+                        whole += 1;
+                    }
+                    let (mut found, mut unified) = (Vec::new(), String::new());
+                    r.diff_html_texts(&a, &b, margin, &mut found, &mut unified);
+                    assert_eq!((found, unified), expected, "margin {margin}");
+                }
+            }
+        }
+        // Both ways are taken often enough to mean something.
+        assert!(
+            windowed > 20_000 && whole > 5_000 && cut_after > 3_000 && cut_both > 1_800,
+            "{windowed} {whole} {cut_after} {cut_both}"
+        );
+    }
+
+    #[test]
+    fn one_difference_in_a_long_page_is_found_in_its_window() {
+        let r = rules("[html]\nsort_attributes = true\n");
+        let row = |i: usize| format!("<tr><td class=n>{i}</td><td>row {i}</td></tr>\n");
+        let page = |changed: usize| {
+            let rows: String = (0..5_000)
+                .map(|i| {
+                    if i == changed {
+                        row(i).replace("row", "line")
+                    } else {
+                        row(i)
+                    }
+                })
+                .collect();
+            format!("<!DOCTYPE html><html><body><table>{rows}</table></body></html>")
+        };
+        let (a, b) = (page(usize::MAX), page(3_000));
+        let (mut found, mut unified) = (Vec::new(), String::new());
+        assert!(r.diff_html_window(&a, &b, HTML_WINDOW_MARGIN, &mut found, &mut unified));
+        // A window of a few rows around the change, not the rows before or after it.
+        let w = html::window(&a, &b, &r.html, HTML_WINDOW_MARGIN);
+        assert!(w.cut_after && w.tokens_before > 20_000, "{w:?}");
+        assert!(w.legacy.len() < 200 && w.candidate.len() < 200, "{w:?}");
+        assert_eq!((found.clone(), unified.clone()), html_whole(&r, &a, &b));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "body/html/body/table/tr[3001]/td[2]");
+        assert!(unified.contains("-row 3000\n+line 3000\n"), "{unified}");
+        let h = [("content-type", "text/html")];
+        assert_eq!(
+            r.compare(&cap(200, &h, &a), &cap(200, &h, &b)),
+            r.compare_exhaustive(&cap(200, &h, &a), &cap(200, &h, &b))
+        );
     }
 
     #[test]
