@@ -422,9 +422,9 @@ pub fn window<'s>(a: &'s str, b: &'s str, rules: &'s HtmlRules, margin: usize) -
     let mut sa = Scanner::new(a, rules, true);
     let (mut tokens_before, mut lines_before) = (0, 0);
     let mut text = String::new();
-    // Raw text is read ahead to its closing tag (`next_extent` says past the end), so the
-    // walk never stops inside it.
-    while sa.i < a.len() && sa.raw_until.is_none() && sa.next_extent() <= limit {
+    // A raw text's opening tag reads on to its end tag (`next_extent` counts it), so the raw
+    // text that follows is within the limit too.
+    while sa.i < a.len() && sa.next_extent() <= limit {
         text.clear();
         match sa.step(&mut text) {
             None => break,
@@ -634,7 +634,11 @@ impl<'a> Scanner<'a> {
             .iter()
             .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
         {
-            return past_end;
+            // The step reads on to the raw text's end tag (at most: a tag that opens no raw
+            // text reads less).
+            let end_tag = format!("</{}", String::from_utf8_lossy(name));
+            return find_ci(self.html, &end_tag, i + close + 1)
+                .map_or(past_end, |e| e + end_tag.len());
         }
         i + close + 1
     }

@@ -1178,7 +1178,7 @@ mod tests {
                     }
                 })
                 .collect();
-            format!("<!DOCTYPE html><html><body><table>{rows}</table></body></html>")
+            format!("<!DOCTYPE html><html><head><title>T</title><script>var a = '<b>';</script></head><body><table>{rows}</table></body></html>")
         };
         let (a, b) = (page(usize::MAX), page(3_000));
         let (mut found, mut unified) = (Vec::new(), String::new());
