@@ -406,27 +406,8 @@ pub fn unified(l: &[u8], c: &[u8]) -> String {
 
 /// [`unified`] of two texts.
 pub fn unified_text(l: &str, c: &str) -> String {
-    use std::fmt::Write;
-    let (old, new, ops) = line_ops(l, c);
-    let mut out = String::new();
-    for hunk in similar::group_diff_ops(ops, CONTEXT_LINES) {
-        if hunk.is_empty() {
-            continue;
-        }
-        if out.is_empty() {
-            out.push_str("--- legacy\n+++ candidate\n");
-        }
-        let _ = writeln!(out, "{}", similar::udiff::UnifiedHunkHeader::new(&hunk));
-        for op in &hunk {
-            for change in op.iter_changes(&old[..], &new[..]) {
-                let _ = write!(out, "{}{}", change.tag(), change.value());
-                if change.missing_newline() {
-                    out.push_str("\n\\ No newline at end of file\n");
-                }
-            }
-        }
-    }
-    out
+    // Nothing left out: no cut to keep changes away from, and no change is no hunk.
+    unified_text_after(l, c, 0, false).unwrap_or_default()
 }
 
 /// [`unified_text`] of two texts that come after `lines_before` lines both share (which are not
