@@ -472,6 +472,29 @@ pub async fn wait_port(addr: SocketAddr, within: Duration) {
     .await;
 }
 
+/// Waits until `addr` answers an HTTP request: an open port is not yet a server that answers
+/// (`php -S` with workers has been seen to reset the first request made right after its port
+/// opened).
+pub async fn wait_http(addr: SocketAddr, within: Duration) {
+    eventually(within, &format!("{addr} answering HTTP"), || async move {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            return false;
+        };
+        if s.write_all(b"GET /__ready HTTP/1.0\r\nHost: ready\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut head = [0u8; 5];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut head)).await,
+            Ok(Ok(_))
+        ) && &head == b"HTTP/"
+    })
+    .await;
+}
+
 /// A child process (a test service) in a process group of its own, stopped with everything it
 /// started on drop.
 pub struct Service {
@@ -530,7 +553,7 @@ pub async fn php_server(ini: &[(&str, String)], env: &[(&str, String)]) -> Servi
     }
     let child = spawn_group(&mut cmd, "php -S");
     let s = Service { child, addr };
-    wait_port(addr, Duration::from_secs(10)).await;
+    wait_http(addr, Duration::from_secs(10)).await;
     s
 }
 
