@@ -943,6 +943,16 @@ impl<'a> Scanner<'a> {
 pub(crate) mod tests {
     use super::*;
 
+    /// xorshift64 from `seed`: numbers below `n`, a reproducible corpus without a dependency.
+    pub(crate) fn below(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        }
+    }
+
     /// Bits of pages, well and badly formed, that generated pages are made of.
     pub(crate) const PIECES: &[&str] = &[
         "<p>",
@@ -1055,13 +1065,7 @@ pub(crate) mod tests {
             ],
             ..rules()
         };
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = below(0x2545_F491_4F6C_DD1D);
         let mut equal = 0;
         for _ in 0..20_000 {
             let doc: Vec<&str> = (0..next(20)).map(|_| pieces[next(pieces.len())]).collect();

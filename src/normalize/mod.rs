@@ -1105,13 +1105,7 @@ mod tests {
             rules("[html]\nignore_elements = ['div#debug', 'b']\n"),
         ];
         let pieces = html::tests::PIECES;
-        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = html::tests::below(0x9E37_79B9_7F4A_7C15);
         let (mut windowed, mut whole, mut cut_after, mut cut_both) = (0, 0, 0, 0);
         for _ in 0..4_000 {
             let mut doc: Vec<&str> = (0..20 + next(150))
