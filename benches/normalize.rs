@@ -27,10 +27,11 @@ fn captured(ct: &'static str, body: Vec<u8>) -> Captured {
     }
 }
 
-fn json_mb(change_every: Option<usize>, etag_salt: u32) -> Vec<u8> {
+/// 7,000 items; the price changed in those `changed` picks.
+fn json_mb(changed: impl Fn(usize) -> bool, etag_salt: u32) -> Vec<u8> {
     let items: Vec<serde_json::Value> = (0..7000)
         .map(|i| {
-            let price = if change_every.is_some_and(|n| i % n == 0) { 2.5 } else { 1.25 };
+            let price = if changed(i) { 2.5 } else { 1.25 };
             serde_json::json!({"id": i, "name": format!("item {i}"), "price": price, "tags": ["a", "b", "c"], "meta": {"etag": format!("{:08x}", i as u32 ^ etag_salt)}})
         })
         .collect();
@@ -72,10 +73,11 @@ fn rules() -> Rules {
 
 fn bench(c: &mut Criterion) {
     let r = rules();
-    let json = json_mb(None, 0);
+    let json = json_mb(|_| false, 0);
     // Differs only where the rules ignore (every etag): equal after normalization.
-    let json_same = json_mb(None, 0x5a5a);
-    let json_diff = json_mb(Some(1000), 0);
+    let json_same = json_mb(|_| false, 0x5a5a);
+    let json_diff = json_mb(|i| i % 1000 == 0, 0);
+    let json_one = json_mb(|i| i == 3500, 0);
     let html = html_mb(false);
     let html_diff = html_mb(true);
     // Another rendering: its own token and time, equal after the rules.
@@ -148,6 +150,12 @@ fn bench(c: &mut Criterion) {
             "application/json",
             &json,
             &json_diff,
+        ),
+        (
+            "json_one_difference_1mb",
+            "application/json",
+            &json,
+            &json_one,
         ),
         (
             "json_equal_after_rules_20kb",

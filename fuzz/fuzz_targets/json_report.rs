@@ -1,7 +1,8 @@
 //! The JSON comparison on two arbitrary bodies under rules with no unordered arrays, where the
 //! lockstep walk lists the differences itself (pointers ignored under wildcards, floats within
 //! a tolerance, the built-in time folding): never panics, a body always equals itself, and the
-//! walk's report, unified diff included, is exactly the tree comparison's.
+//! walk's report, unified diff included, is exactly the tree comparison's; the unified diff
+//! made from the pretty texts' window, at small margins, is the whole texts'.
 #![no_main]
 #[path = "common/mod.rs"]
 mod common;
@@ -22,4 +23,15 @@ fuzz_target!(|data: &[u8]| {
         (http::header::CONTENT_TYPE, "application/json"),
         (http::header::DATE, "Tue, 14 Nov 2023 22:13:20 GMT"),
     ]);
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let (a, b) = (&data[..split], data.get(split + 1..).unwrap_or(&[]));
+    let now = 1_700_000_000.0;
+    if let Some(whole) = rules().json_unified(a, b, now, usize::MAX) {
+        for margin in [0, 1, 8, 40] {
+            // The window may print (skipping the shared end) what the whole texts refuse.
+            if let Some(windowed) = rules().json_unified(a, b, now, margin) {
+                assert_eq!(windowed, whole, "margin {margin}");
+            }
+        }
+    }
 });

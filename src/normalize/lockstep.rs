@@ -246,6 +246,34 @@ fn lex_number(b: &[u8], i: usize) -> Result<usize, Undecided> {
     Ok(k)
 }
 
+/// Whether serde_json prints the number `token` (as `lex_number` takes it) back as the same
+/// bytes after reading it as an f64: a decimal with a fraction not ending in 0, no exponent,
+/// at most 15 significant digits and at least 0.0001. Such a decimal is read exactly
+/// rounded (under 2^53 times a power of ten of at most 22, serde_json's exact case), and no
+/// shorter decimal reads as the same f64 (two decimals of at most 15 digits never do), so
+/// the shortest printing is the token, which serde_json writes without an exponent at this
+/// size.
+fn prints_as_read(token: &[u8]) -> bool {
+    let digits = token.strip_prefix(b"-").unwrap_or(token);
+    let Some(point) = memchr::memchr(b'.', digits) else {
+        return false;
+    };
+    let (whole, fraction) = (&digits[..point], &digits[point + 1..]);
+    if !fraction.iter().all(u8::is_ascii_digit) || fraction.last().is_none_or(|&d| d == b'0') {
+        return false;
+    }
+    let significant = if whole == b"0" {
+        let zeros = fraction.iter().take_while(|&&d| d == b'0').count();
+        if zeros > 3 {
+            return false;
+        }
+        fraction.len() - zeros
+    } else {
+        whole.len() + fraction.len()
+    };
+    significant <= 15
+}
+
 /// End of the scalar (string, number, literal) starting at `i`.
 fn lex_scalar(b: &[u8], i: usize) -> Result<usize, Undecided> {
     match b.get(i) {
@@ -659,42 +687,185 @@ impl Walk<'_> {
 /// unified diff of a difference the walk found. Undecided with `[json] unordered` rules, a key
 /// given twice, or anything the walk leaves to the trees.
 pub(super) fn json_pretty(body: &[u8], rules: &Rules, now: f64) -> Result<String, Undecided> {
-    if !rules.json_unordered.is_empty() {
-        return Err(Undecided);
+    let plan = PrettyRules::new(rules, now)?;
+    // Indentation makes the pretty text of nested documents two to three times the body.
+    let mut printer = Printer::new(body, &plan, body.len() * 5 / 2 + 64);
+    while printer.next != Next::Done {
+        printer.step()?;
     }
-    let (ends, all) = pointer_ends(rules).ok_or(Undecided)?;
-    // The pointers that end in `*`: they empty the container they name the members of.
-    let mut wildcard_last = 0u64;
-    for (bit, p) in rules.json_ignore.iter().enumerate().take(64) {
-        if p.last().is_some_and(|s| s == "*") {
-            wildcard_last |= 1 << bit;
-        }
-    }
-    let mut pretty = Pretty {
-        b: body,
-        k: skip_ws(body, 0),
-        rules,
-        now,
-        ends,
-        wildcard_last,
-        keys: Vec::new(),
-        // Indentation makes the pretty text of nested documents two to three times the body.
-        out: Vec::with_capacity(body.len() * 5 / 2 + 64),
-    };
-    pretty.value(0, all)?;
-    if skip_ws(body, pretty.k) != body.len() {
-        return Err(Undecided);
-    }
-    String::from_utf8(pretty.out).map_err(|_| Undecided)
+    printer.finish()?;
+    String::from_utf8(printer.out).map_err(|_| Undecided)
 }
 
-struct Pretty<'a> {
-    b: &'a [u8],
-    k: usize,
+/// The pretty texts ([`json_pretty`]) of two documents around where they differ: what comes
+/// before is the same text on both sides and only its lines are counted; what comes after
+/// (when `cut_after`) is the same text too and is left out. Each text starts at a line's start;
+/// with `cut_after` its last line is cut short, and so the same on both sides only when the
+/// whole lines are (the same text follows both).
+#[derive(Debug)]
+pub(super) struct PrettyWindow {
+    pub legacy: String,
+    pub candidate: String,
+    pub lines_before: usize,
+    pub cut_after: bool,
+}
+
+/// How far before the window's start the printer keeps the state it could start the
+/// candidate's printing from (a step past the start limit falls back to the last kept one).
+const SNAPSHOT_ZONE: usize = 4096;
+
+/// The [`PrettyWindow`] of `a` and `b`. It starts at the last printer step that read only
+/// bytes both start with and ended at least `margin` bytes before the first byte they differ
+/// in: every step before it prints the same text in the same state on both sides, so they are
+/// taken once, on `a`. It ends where both printers stand in the same state as many bytes from
+/// their document's end, in the bytes both end with and at least `margin` after the last byte
+/// they differ in: the same bytes printed from the same state print the same text. Undecided
+/// as [`json_pretty`] is (for the bytes it prints).
+pub(super) fn json_pretty_window(
+    a: &[u8],
+    b: &[u8],
+    rules: &Rules,
+    now: f64,
+    margin: usize,
+) -> Result<PrettyWindow, Undecided> {
+    let plan = PrettyRules::new(rules, now)?;
+    let shared = crate::diff::common_prefix(a, b);
+    let limit = shared.saturating_sub(margin.max(1));
+    let mut pa = Printer::new(a, &plan, a.len() * 5 / 2 + 64);
+    // The last state reached by reading bytes before `limit` only, and its text's length
+    // (None: the candidate's printing starts from its own start).
+    let mut kept = PrinterState::default();
+    let mut kept_out = 0;
+    while pa.next != Next::Done {
+        pa.step()?;
+        if pa.k >= limit {
+            break;
+        }
+        if pa.k + SNAPSHOT_ZONE >= limit {
+            pa.save(&mut kept);
+            kept_out = pa.out.len();
+        }
+    }
+    // The text before the kept state's line is counted; the rest of its line starts both texts.
+    let line_start = memchr::memrchr(b'\n', &pa.out[..kept_out]).map_or(0, |n| n + 1);
+    let lines_before = memchr::memchr_iter(b'\n', &pa.out[..line_start]).count();
+    let mut pb = Printer::new(b, &plan, 0);
+    if kept.next.is_some() {
+        pb.restore(&kept);
+    }
+    pb.out.extend_from_slice(&pa.out[line_start..kept_out]);
+    // Past the window's start on `a` already: its printing goes on from where it is.
+    let suffix = crate::diff::common_suffix(a, b);
+    let mut cut_after = false;
+    loop {
+        let (da, db) = (a.len() - pa.k, b.len() - pb.k);
+        if da == db && da.saturating_add(margin) <= suffix && pa.same_state(&pb) {
+            cut_after = true;
+            break;
+        }
+        match (pa.next == Next::Done, pb.next == Next::Done) {
+            (true, true) => break,
+            (false, true) => pa.step()?,
+            (true, false) => pb.step()?,
+            (false, false) if da >= db => pa.step()?,
+            (false, false) => pb.step()?,
+        }
+    }
+    if !cut_after {
+        pa.finish()?;
+        pb.finish()?;
+    }
+    let legacy = std::str::from_utf8(&pa.out[line_start..]).map_err(|_| Undecided)?;
+    Ok(PrettyWindow {
+        legacy: legacy.to_owned(),
+        candidate: String::from_utf8(pb.out).map_err(|_| Undecided)?,
+        lines_before,
+        cut_after,
+    })
+}
+
+/// What the printer needs of the rules, worked out once per comparison.
+struct PrettyRules<'a> {
     rules: &'a Rules,
     now: f64,
+    /// By depth: the ignore pointers that many segments long.
     ends: Vec<u64>,
+    /// All the ignore pointers.
+    all: u64,
+    /// The pointers that end in `*`: they empty the container they name the members of.
     wildcard_last: u64,
+}
+
+impl<'a> PrettyRules<'a> {
+    fn new(rules: &'a Rules, now: f64) -> Result<Self, Undecided> {
+        if !rules.json_unordered.is_empty() {
+            return Err(Undecided);
+        }
+        let (ends, all) = pointer_ends(rules).ok_or(Undecided)?;
+        let mut wildcard_last = 0u64;
+        for (bit, p) in rules.json_ignore.iter().enumerate().take(64) {
+            if p.last().is_some_and(|s| s == "*") {
+                wildcard_last |= 1 << bit;
+            }
+        }
+        Ok(PrettyRules {
+            rules,
+            now,
+            ends,
+            all,
+            wildcard_last,
+        })
+    }
+}
+
+/// What the printer reads next.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Next {
+    /// A value, `depth` containers deep, with the ignore pointers matching its path.
+    Value { depth: usize, pointers: u64 },
+    /// A member of the innermost open container (its key first, in an object).
+    Member,
+    /// A `,` or the innermost open container's end.
+    AfterMember,
+    /// Nothing: the document's value is printed.
+    Done,
+}
+
+/// A container being printed.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Frame {
+    is_object: bool,
+    depth: usize,
+    /// The ignore pointers matching the container's path.
+    pointers: u64,
+    /// Members printed so far (removed ones are not).
+    members: usize,
+    /// The member being read (removed ones count).
+    index: usize,
+    /// Where its keys start in the printer's keys.
+    first_key: usize,
+}
+
+/// The printer's state between two steps, without its body and text: what lets another
+/// printer go on in the same state on another body that starts with the same bytes.
+#[derive(Clone, Default)]
+struct PrinterState {
+    k: usize,
+    /// None until a state is saved.
+    next: Option<Next>,
+    frames: Vec<Frame>,
+    keys: Vec<Seg>,
+}
+
+/// The pretty printer, one token at a time with its containers on a stack of its own, so its
+/// state can be copied to the other side's printer and compared with it.
+struct Printer<'a> {
+    b: &'a [u8],
+    k: usize,
+    plan: &'a PrettyRules<'a>,
+    next: Next,
+    frames: Vec<Frame>,
+    /// The keys of the open objects (each object's after its parent's).
     keys: Vec<Seg>,
     out: Vec<u8>,
 }
@@ -702,7 +873,85 @@ struct Pretty<'a> {
 /// serde_json's pretty printer's indentation.
 const INDENT: &[u8] = b"  ";
 
-impl Pretty<'_> {
+impl<'a> Printer<'a> {
+    fn new(b: &'a [u8], plan: &'a PrettyRules<'a>, capacity: usize) -> Self {
+        Printer {
+            b,
+            k: skip_ws(b, 0),
+            plan,
+            next: Next::Value {
+                depth: 0,
+                pointers: plan.all,
+            },
+            frames: Vec::new(),
+            keys: Vec::new(),
+            out: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Its state into `into` (whose buffers are reused).
+    fn save(&self, into: &mut PrinterState) {
+        into.k = self.k;
+        into.next = Some(self.next);
+        into.frames.clone_from(&self.frames);
+        into.keys.clone_from(&self.keys);
+    }
+
+    fn restore(&mut self, state: &PrinterState) {
+        self.k = state.k;
+        if let Some(next) = state.next {
+            self.next = next;
+        }
+        self.frames.clone_from(&state.frames);
+        self.keys.clone_from(&state.keys);
+    }
+
+    /// Whether `other` (on its own body) prints from here what this printer prints, given the
+    /// same bytes from here to the end: the same next step and open containers, and the same
+    /// keys in the open objects (which decide whether a later key is given twice). Indexes
+    /// matter only where pointers could name them.
+    fn same_state(&self, other: &Printer<'_>) -> bool {
+        // Comparing many keys at every step would cost more than it saves.
+        const MOST_KEYS: usize = 64;
+        let frames_match = self.frames.len() == other.frames.len()
+            && self.frames.iter().zip(&other.frames).all(|(x, y)| {
+                x.is_object == y.is_object
+                    && x.depth == y.depth
+                    && x.pointers == y.pointers
+                    && (x.members == 0) == (y.members == 0)
+                    && (x.pointers == 0 || x.index == y.index)
+                    && x.first_key == y.first_key
+            });
+        fn key<'b>(seg: &Seg, b: &'b [u8]) -> (Option<&'b [u8]>, bool) {
+            match *seg {
+                Seg::Key {
+                    start,
+                    end,
+                    escaped,
+                } => (b.get(start..end), escaped),
+                Seg::Index(_) => (None, false),
+            }
+        }
+        self.next == other.next
+            && frames_match
+            && self.keys.len() == other.keys.len()
+            && self.keys.len() <= MOST_KEYS
+            && self
+                .keys
+                .iter()
+                .zip(&other.keys)
+                .all(|(x, y)| key(x, self.b) == key(y, other.b))
+    }
+
+    /// After the document's value: only whitespace.
+    fn finish(&self) -> Step {
+        if skip_ws(self.b, self.k) == self.b.len() {
+            Ok(())
+        } else {
+            Err(Undecided)
+        }
+    }
+
     fn newline(&mut self, depth: usize) {
         // A newline and the indentation of most depths in one copy.
         const LINE: &[u8; 65] =
@@ -718,19 +967,171 @@ impl Pretty<'_> {
         }
     }
 
+    /// One step: a value (a scalar, or a container's opening), a member's key, or what follows
+    /// a member.
+    fn step(&mut self) -> Step {
+        match self.next {
+            Next::Value { depth, pointers } => self.value(depth, pointers),
+            Next::Member => self.member(),
+            Next::AfterMember => self.after_member(),
+            Next::Done => Ok(()),
+        }
+    }
+
+    /// A value is printed: the innermost container's member, or the document.
+    fn printed(&mut self) {
+        self.next = if self.frames.is_empty() {
+            Next::Done
+        } else {
+            Next::AfterMember
+        };
+    }
+
     fn value(&mut self, depth: usize, pointers: u64) -> Step {
         if depth > MAX_DEPTH {
             return Err(Undecided);
         }
+        let (is_object, close) = match self.b.get(self.k) {
+            Some(b'{') => (true, b'}'),
+            Some(b'[') => (false, b']'),
+            _ => {
+                self.scalar()?;
+                self.printed();
+                return Ok(());
+            }
+        };
+        // An ignore pointer ending in `*` here leaves the container empty.
+        if pointers & self.plan.ends[depth + 1] & self.plan.wildcard_last != 0 {
+            self.k = skip_value(self.b, self.k, depth)?;
+            self.out
+                .extend_from_slice(if is_object { b"{}" } else { b"[]" });
+            self.printed();
+            return Ok(());
+        }
+        self.out.push(self.b[self.k]);
+        self.k = skip_ws(self.b, self.k + 1);
+        if self.b.get(self.k) == Some(&close) {
+            self.k += 1;
+            self.out.push(close);
+            self.printed();
+            return Ok(());
+        }
+        self.frames.push(Frame {
+            is_object,
+            depth,
+            pointers,
+            members: 0,
+            index: 0,
+            first_key: self.keys.len(),
+        });
+        self.next = Next::Member;
+        Ok(())
+    }
+
+    fn member(&mut self) -> Step {
+        let frame = *self.frames.last().ok_or(Undecided)?;
+        let depth = frame.depth;
+        let seg = if frame.is_object {
+            if self.b.get(self.k) != Some(&b'"') {
+                return Err(Undecided);
+            }
+            let (end, escaped) = lex_string(self.b, self.k)?;
+            let seg = Seg::Key {
+                start: self.k + 1,
+                end: end - 1,
+                escaped,
+            };
+            self.keys.push(seg);
+            self.k = skip_ws(self.b, end);
+            if self.b.get(self.k) != Some(&b':') {
+                return Err(Undecided);
+            }
+            self.k = skip_ws(self.b, self.k + 1);
+            seg
+        } else {
+            Seg::Index(frame.index)
+        };
+        let below = if frame.pointers == 0 {
+            0
+        } else {
+            descend(self.plan.rules, frame.pointers, depth, seg, self.b)
+        };
+        let ignored = below & self.plan.ends[depth + 1] != 0;
+        if ignored && frame.is_object {
+            // Removed: neither key nor value is printed.
+            self.k = skip_value(self.b, self.k, depth + 1)?;
+            self.next = Next::AfterMember;
+            return Ok(());
+        }
+        if frame.members > 0 {
+            self.out.push(b',');
+        }
+        self.newline(depth + 1);
+        if let Some(top) = self.frames.last_mut() {
+            top.members += 1;
+        }
+        if let Seg::Key {
+            start,
+            end,
+            escaped,
+        } = seg
+        {
+            if escaped {
+                let text = key_text(seg, self.b)?;
+                serde_json::to_writer(&mut self.out, &text).map_err(|_| Undecided)?;
+            } else {
+                self.out.extend_from_slice(&self.b[start - 1..end + 1]);
+            }
+            self.out.extend_from_slice(b": ");
+        }
+        if ignored {
+            // An ignored element is replaced, so later indexes keep their meaning.
+            self.k = skip_value(self.b, self.k, depth + 1)?;
+            self.out.extend_from_slice(b"null");
+            self.next = Next::AfterMember;
+        } else {
+            self.next = Next::Value {
+                depth: depth + 1,
+                pointers: below,
+            };
+        }
+        Ok(())
+    }
+
+    fn after_member(&mut self) -> Step {
+        let frame = *self.frames.last().ok_or(Undecided)?;
+        let close = if frame.is_object { b'}' } else { b']' };
+        self.k = skip_ws(self.b, self.k);
         match self.b.get(self.k) {
-            Some(b'{' | b'[') => self.container(depth, pointers),
-            _ => self.scalar(),
+            Some(b',') => {
+                self.k = skip_ws(self.b, self.k + 1);
+                if let Some(top) = self.frames.last_mut() {
+                    top.index += 1;
+                }
+                self.next = Next::Member;
+                Ok(())
+            }
+            Some(&x) if x == close => {
+                self.k += 1;
+                if frame.is_object && has_duplicate_key(&self.keys[frame.first_key..], self.b)? {
+                    return Err(Undecided);
+                }
+                self.keys.truncate(frame.first_key);
+                self.frames.pop();
+                if frame.members > 0 {
+                    self.newline(frame.depth);
+                }
+                self.out.push(close);
+                self.printed();
+                Ok(())
+            }
+            _ => Err(Undecided),
         }
     }
 
     fn scalar(&mut self) -> Step {
         let start = self.k;
-        let times = self.rules.times;
+        let times = self.plan.rules.times;
         let (end, plain) = match self.b.get(start) {
             Some(b'"') => {
                 let (end, escaped) = lex_string(self.b, start)?;
@@ -743,14 +1144,15 @@ impl Pretty<'_> {
             Some(b'-' | b'0'..=b'9') => {
                 let end = lex_number(self.b, start)?;
                 let token = &self.b[start..end];
-                // Digits alone that fit a u64 print as they are read, unless they are a time.
-                let plain = token.len() <= 19
-                    && token.iter().all(u8::is_ascii_digit)
+                // Digits alone that fit a u64, and short decimals, print as they are read,
+                // unless they are a time.
+                let integer = token.len() <= 19 && token.iter().all(u8::is_ascii_digit);
+                let plain = (integer || prints_as_read(token))
                     && (!(times.epoch_seconds || times.epoch_millis)
                         || std::str::from_utf8(token)
                             .ok()
-                            .and_then(|t| t.parse::<u64>().ok())
-                            .is_some_and(|n| times.placeholder(n as f64, self.now).is_none()));
+                            .and_then(|t| t.parse::<f64>().ok())
+                            .is_some_and(|x| times.placeholder(x, self.plan.now).is_none()));
                 (end, plain)
             }
             _ => (lex_scalar(self.b, start)?, true),
@@ -760,111 +1162,11 @@ impl Pretty<'_> {
         } else {
             let mut v = parse(&self.b[start..end])?;
             if times.any() {
-                times.fold(&mut v, self.now);
+                times.fold(&mut v, self.plan.now);
             }
             serde_json::to_writer(&mut self.out, &v).map_err(|_| Undecided)?;
         }
         self.k = end;
-        Ok(())
-    }
-
-    fn container(&mut self, depth: usize, pointers: u64) -> Step {
-        let (is_object, close) = match self.b.get(self.k) {
-            Some(b'{') => (true, b'}'),
-            _ => (false, b']'),
-        };
-        // An ignore pointer ending in `*` here leaves the container empty.
-        if pointers & self.ends[depth + 1] & self.wildcard_last != 0 {
-            self.k = skip_value(self.b, self.k, depth)?;
-            self.out
-                .extend_from_slice(if is_object { b"{}" } else { b"[]" });
-            return Ok(());
-        }
-        self.out.push(self.b[self.k]);
-        self.k = skip_ws(self.b, self.k + 1);
-        let first_key = self.keys.len();
-        let mut members = 0usize;
-        if self.b.get(self.k) == Some(&close) {
-            self.k += 1;
-        } else {
-            let mut index = 0;
-            loop {
-                let seg = if is_object {
-                    if self.b.get(self.k) != Some(&b'"') {
-                        return Err(Undecided);
-                    }
-                    let (end, escaped) = lex_string(self.b, self.k)?;
-                    let seg = Seg::Key {
-                        start: self.k + 1,
-                        end: end - 1,
-                        escaped,
-                    };
-                    self.keys.push(seg);
-                    self.k = skip_ws(self.b, end);
-                    if self.b.get(self.k) != Some(&b':') {
-                        return Err(Undecided);
-                    }
-                    self.k = skip_ws(self.b, self.k + 1);
-                    seg
-                } else {
-                    Seg::Index(index)
-                };
-                let below = if pointers == 0 {
-                    0
-                } else {
-                    descend(self.rules, pointers, depth, seg, self.b)
-                };
-                let ignored = below & self.ends[depth + 1] != 0;
-                if ignored && is_object {
-                    // Removed: neither key nor value is printed.
-                    self.k = skip_value(self.b, self.k, depth + 1)?;
-                } else {
-                    self.out
-                        .extend_from_slice(if members == 0 { b"" } else { b"," });
-                    self.newline(depth + 1);
-                    members += 1;
-                    if let Seg::Key {
-                        start,
-                        end,
-                        escaped,
-                    } = seg
-                    {
-                        if escaped {
-                            let text = key_text(seg, self.b)?;
-                            serde_json::to_writer(&mut self.out, &text).map_err(|_| Undecided)?;
-                        } else {
-                            self.out.extend_from_slice(&self.b[start - 1..end + 1]);
-                        }
-                        self.out.extend_from_slice(b": ");
-                    }
-                    if ignored {
-                        // An ignored element is replaced, so later indexes keep their meaning.
-                        self.k = skip_value(self.b, self.k, depth + 1)?;
-                        self.out.extend_from_slice(b"null");
-                    } else {
-                        self.value(depth + 1, below)?;
-                    }
-                }
-                self.k = skip_ws(self.b, self.k);
-                match self.b.get(self.k) {
-                    Some(b',') => self.k = skip_ws(self.b, self.k + 1),
-                    Some(&x) if x == close => {
-                        self.k += 1;
-                        break;
-                    }
-                    _ => return Err(Undecided),
-                }
-                index += 1;
-            }
-        }
-        if is_object && has_duplicate_key(&self.keys[first_key..], self.b)? {
-            return Err(Undecided);
-        }
-        self.keys.truncate(first_key);
-        if members > 0 {
-            self.newline(depth);
-        }
-        self.out.push(close);
         Ok(())
     }
 }
@@ -1120,6 +1422,170 @@ mod tests {
         );
         assert!(pretty(r#"{"k":1,"k":2}"#).is_none(), "a key given twice");
         assert!(pretty("[1,]").is_none());
+    }
+
+    /// The unified diff of the pretty texts from their window, if it gives one.
+    fn windowed(
+        a: &[u8],
+        b: &[u8],
+        rules: &Rules,
+        margin: usize,
+    ) -> Result<Option<String>, Undecided> {
+        let w = json_pretty_window(a, b, rules, NOW as f64, margin)?;
+        Ok(crate::diff::unified_text_after(
+            &w.legacy,
+            &w.candidate,
+            w.lines_before,
+            w.cut_after,
+        ))
+    }
+
+    #[test]
+    fn the_pretty_window_gives_the_whole_texts_unified_diff() {
+        let rules = listing_rules();
+        let mut r = Rng(0x005E_ED0F_1A2B_3C4D);
+        let (mut compared, mut cut_before, mut cut_after, mut cut_both) = (0, 0, 0, 0);
+        for _ in 0..4_000 {
+            // Documents of a few to a few hundred lines, so that margins this small cut.
+            let v = Value::Array((0..r.below(40)).map(|_| value(&mut r, 0)).collect());
+            let w = mutate(&mut r, &v);
+            let (a, b) = (render(&mut r, &v), render(&mut r, &w));
+            if a == b {
+                continue;
+            }
+            let whole = match (
+                json_pretty(&a, &rules, NOW as f64),
+                json_pretty(&b, &rules, NOW as f64),
+            ) {
+                (Ok(pa), Ok(pb)) => Some(crate::diff::unified_text(&pa, &pb)),
+                _ => None,
+            };
+            for margin in [0, 1, 4, 16, 40, 100, 512] {
+                match windowed(&a, &b, &rules, margin) {
+                    Ok(Some(unified)) => {
+                        // The window's printing may skip (in the shared end) what the whole
+                        // printing refuses, a key given twice; when both print, they agree.
+                        if let Some(whole) = &whole {
+                            assert_eq!(
+                                &unified,
+                                whole,
+                                "margin {margin}\n{}\n{}",
+                                String::from_utf8_lossy(&a),
+                                String::from_utf8_lossy(&b)
+                            );
+                            compared += 1;
+                            let w = json_pretty_window(&a, &b, &rules, NOW as f64, margin)
+                                .expect("printed once");
+                            cut_before += usize::from(w.lines_before > 0);
+                            cut_after += usize::from(w.cut_after);
+                            cut_both += usize::from(w.lines_before > 0 && w.cut_after);
+                        }
+                    }
+                    // A change near a cut: the whole texts are diffed instead.
+                    Ok(None) => {}
+                    Err(Undecided) => assert!(
+                        whole.is_none(),
+                        "the window refused what the whole texts print: margin {margin}\n{}\n{}",
+                        String::from_utf8_lossy(&a),
+                        String::from_utf8_lossy(&b)
+                    ),
+                }
+            }
+        }
+        assert!(
+            compared > 10_000 && cut_before > 1_000 && cut_after > 2_500 && cut_both > 450,
+            "{compared} {cut_before} {cut_after} {cut_both}"
+        );
+    }
+
+    #[test]
+    fn one_difference_in_a_long_document_is_printed_in_its_window() {
+        let rules = listing_rules();
+        let doc = |changed: usize| {
+            let items: Vec<Value> = (0..5_000)
+                .map(|i| json!({"id": i, "price": if i == changed { 2.5 } else { 1.25 }, "tags": ["a", "b"]}))
+                .collect();
+            serde_json::to_vec(&json!({"items": items, "x": 1})).expect("rendered")
+        };
+        let (a, b) = (doc(usize::MAX), doc(2_500));
+        let w = json_pretty_window(&a, &b, &rules, NOW as f64, 512).expect("printed");
+        assert!(w.cut_after && w.lines_before > 10_000, "{}", w.lines_before);
+        assert!(w.legacy.len() < 4_000 && w.candidate.len() < 4_000, "{w:?}");
+        let whole = crate::diff::unified_text(
+            &json_pretty(&a, &rules, NOW as f64).expect("printed"),
+            &json_pretty(&b, &rules, NOW as f64).expect("printed"),
+        );
+        assert_eq!(
+            windowed(&a, &b, &rules, 512).expect("printed").as_deref(),
+            Some(&*whole)
+        );
+        assert!(
+            whole.contains("-      \"price\": 1.25,\n+      \"price\": 2.5,"),
+            "{whole}"
+        );
+        let report = rules.compare(&captured(a.clone()), &captured(b.clone()));
+        assert_eq!(report, rules.compare_exhaustive(&captured(a), &captured(b)));
+        assert_eq!(report.differences.len(), 1);
+        assert_eq!(report.differences[0].path, "body/items/2500/price");
+    }
+
+    #[test]
+    fn decimals_said_to_print_as_read_do_so_in_serde_json() {
+        let mut r = Rng(0x0DEC_1A55_0000_0001);
+        let mut taken = 0;
+        let mut check = |token: &str| {
+            if prints_as_read(token.as_bytes()) {
+                let v: Value = serde_json::from_str(token).expect("a number");
+                assert_eq!(serde_json::to_string(&v).expect("printed"), token);
+                taken += 1;
+            }
+        };
+        for edge in [
+            "0.0001",
+            "0.00012",
+            "-0.0001",
+            "0.5",
+            "1.25",
+            "-1.25",
+            "999999999999999.9",
+            "99999999999999.9",
+            "123456789012345.6",
+            "12345678901234.5",
+            "0.123456789012345",
+            "0.000123456789012345",
+            "9007199254740.993",
+            "1.7976931348623157",
+            "0.1",
+            "0.3",
+            "1700000000.123",
+        ] {
+            check(edge);
+        }
+        for _ in 0..200_000 {
+            let whole = match r.below(4) {
+                0 => "0".to_string(),
+                1 => r.below(1000).max(1).to_string(),
+                _ => (r.next() % 10u64.pow(r.below(16) as u32 + 1))
+                    .max(1)
+                    .to_string(),
+            };
+            let zeros = "0".repeat(r.below(5) as usize);
+            let tail = r.next() % 10u64.pow(r.below(16) as u32 + 1);
+            let sign = if r.below(2) == 0 { "" } else { "-" };
+            check(&format!("{sign}{whole}.{zeros}{tail}"));
+        }
+        assert!(taken > 50_000, "{taken}");
+        for refused in [
+            "1.50",
+            "1e5",
+            "1.5e2",
+            "0.00001",
+            "1234567890123456.5",
+            "12",
+            "0.0",
+        ] {
+            assert!(!prints_as_read(refused.as_bytes()), "{refused}");
+        }
     }
 
     #[test]

@@ -691,6 +691,24 @@ impl Rules {
     }
 
     /// HTML body normalization: text replacements, then the token stream.
+    /// The unified diff of two JSON bodies' pretty texts (normalized), made from their window
+    /// when no change is near its cuts, else from the whole texts; None when the printer leaves
+    /// them to the trees. Public for the fuzz target, which holds small margins to the whole
+    /// texts (`usize::MAX`: no cut).
+    #[doc(hidden)]
+    pub fn json_unified(&self, a: &[u8], b: &[u8], now: f64, margin: usize) -> Option<String> {
+        // What the window's printing cannot decide, the whole texts' cannot either: they
+        // print the same bytes and more.
+        let w = lockstep::json_pretty_window(a, b, self, now, margin).ok()?;
+        diff::unified_text_after(&w.legacy, &w.candidate, w.lines_before, w.cut_after).or_else(
+            || {
+                let a = lockstep::json_pretty(a, self, now).ok()?;
+                let b = lockstep::json_pretty(b, self, now).ok()?;
+                Some(diff::unified_text(&a, &b))
+            },
+        )
+    }
+
     pub fn html_tokens(&self, body: &[u8]) -> html::Tokens {
         let v = self.replaced(body);
         html::tokens(&text_of(&v), &self.html)
@@ -737,6 +755,9 @@ impl Rules {
 /// How far before the first byte two HTML pages differ in their difference's window starts:
 /// room for the unified diff's context lines, which the window must hold.
 const HTML_WINDOW_MARGIN: usize = 512;
+
+/// The same for two JSON documents' pretty texts.
+const JSON_WINDOW_MARGIN: usize = 512;
 
 /// The walks skip what both sides share with it.
 use crate::diff::common_prefix;
@@ -984,12 +1005,15 @@ impl Rules {
                         // comparison workers.
                         Ok(_) if path == BodyPath::WalkOnly => return None,
                         Ok(found) => {
-                            if let (Ok(a), Ok(b)) = (
-                                lockstep::json_pretty(&legacy.body, self, now),
-                                lockstep::json_pretty(&candidate.body, self, now),
-                            ) {
+                            let unified = self.json_unified(
+                                &legacy.body,
+                                &candidate.body,
+                                now,
+                                JSON_WINDOW_MARGIN,
+                            );
+                            if let Some(unified) = unified {
                                 differences.extend(found);
-                                return Some(diff::unified_text(&a, &b));
+                                return Some(unified);
                             }
                         }
                         Err(lockstep::Undecided) => {}
