@@ -630,13 +630,28 @@ pub fn unified_whole(l: &[u8], c: &[u8]) -> String {
         .to_string()
 }
 
-/// Length of the longest common prefix of `a` and `b`, compared a block at a time.
+/// Length of the longest common prefix of `a` and `b`, compared a block at a time (blocks of
+/// a size known when compiling, which compare in a few vector instructions, not a call).
 pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 64;
     let max = a.len().min(b.len());
-    let mut k = 0;
-    while k + BLOCK <= max && a[k..k + BLOCK] == b[k..k + BLOCK] {
-        k += BLOCK;
+    let (a, b) = (&a[..max], &b[..max]);
+    let (blocks_a, _) = a.as_chunks::<32>();
+    let (blocks_b, _) = b.as_chunks::<32>();
+    let same = blocks_a
+        .iter()
+        .zip(blocks_b)
+        .take_while(|(x, y)| x == y)
+        .count();
+    let mut k = same * 32;
+    // In the first block that differs (or the short rest), eight bytes at a time.
+    let (words_a, _) = a[k..].as_chunks::<8>();
+    let (words_b, _) = b[k..].as_chunks::<8>();
+    for (x, y) in words_a.iter().zip(words_b).take(4) {
+        let differ = u64::from_le_bytes(*x) ^ u64::from_le_bytes(*y);
+        if differ != 0 {
+            return k + (differ.trailing_zeros() / 8) as usize;
+        }
+        k += 8;
     }
     while k < max && a[k] == b[k] {
         k += 1;
@@ -646,14 +661,18 @@ pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 
 /// Length of the longest common suffix of `a` and `b`, compared a block at a time.
 pub fn common_suffix(a: &[u8], b: &[u8]) -> usize {
-    const BLOCK: usize = 64;
     let max = a.len().min(b.len());
-    let (ea, eb) = (a.len(), b.len());
-    let mut k = 0;
-    while k + BLOCK <= max && a[ea - k - BLOCK..ea - k] == b[eb - k - BLOCK..eb - k] {
-        k += BLOCK;
-    }
-    while k < max && a[ea - k - 1] == b[eb - k - 1] {
+    let (a, b) = (&a[a.len() - max..], &b[b.len() - max..]);
+    let (_, blocks_a) = a.as_rchunks::<32>();
+    let (_, blocks_b) = b.as_rchunks::<32>();
+    let same = blocks_a
+        .iter()
+        .rev()
+        .zip(blocks_b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let mut k = same * 32;
+    while k < max && a[max - k - 1] == b[max - k - 1] {
         k += 1;
     }
     k
@@ -796,6 +815,39 @@ pub fn field_label(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn common_prefix_and_suffix_are_the_byte_by_byte_ones() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..20_000 {
+            let len = next(200) as usize;
+            let a: Vec<u8> = (0..len).map(|_| b'a' + next(2) as u8).collect();
+            let mut b = a.clone();
+            // Change, cut or lengthen it here and there, often not at all near its ends.
+            for _ in 0..next(3) {
+                match (next(3), b.len()) {
+                    (0, n) if n > 0 => b[next(n as u64) as usize] ^= 1,
+                    (1, n) => b.truncate(next(n as u64 + 1) as usize),
+                    _ => b.push(b'c'),
+                }
+            }
+            let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            let suffix = a
+                .iter()
+                .rev()
+                .zip(b.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count();
+            assert_eq!(common_prefix(&a, &b), prefix, "{a:?} {b:?}");
+            assert_eq!(common_suffix(&a, &b), suffix, "{a:?} {b:?}");
+        }
+    }
 
     #[test]
     fn json_paths_and_kinds() {

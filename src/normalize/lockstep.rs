@@ -66,6 +66,7 @@ pub(super) fn json_differences(
         path: Vec::new(),
         keys: Vec::new(),
         differing: false,
+        skips_missed: [0; MAX_DEPTH + 2],
     };
     walk.document(all)?;
     Ok(walk.found)
@@ -137,6 +138,10 @@ struct Walk<'a> {
     /// (a difference, or numbers within the tolerance): what makes an array element count
     /// in the tree comparison's reordering check.
     differing: bool,
+    /// By depth: how many containers to walk before trying to skip one as the same bytes
+    /// again (each miss doubles it), so that containers that hold a difference each are not
+    /// scanned twice.
+    skips_missed: [u8; MAX_DEPTH + 2],
 }
 
 fn is_ws(b: u8) -> bool {
@@ -442,6 +447,52 @@ impl Walk<'_> {
         n <= k
     }
 
+    /// Past the value at `i` / `j` when it is the same bytes on both sides (and valid): the same
+    /// value, equal after any rules, whatever its path. A container is scanned on the legacy
+    /// side only up to where the two sides differ.
+    fn skip_same_value(&mut self, depth: usize) -> bool {
+        let container = matches!(self.l.get(self.i), Some(b'{' | b'['));
+        let end = if container {
+            let d = depth.min(MAX_DEPTH + 1);
+            let missed = self.skips_missed[d];
+            if missed & 0x0f != 0 {
+                // Still backing off: the high bits keep the length of the back-off.
+                self.skips_missed[d] = missed - 1;
+                return false;
+            }
+            self.same_for(1);
+            let limit = self.same_until.max(self.i);
+            match skip_value(&self.l[..limit], self.i, depth) {
+                Ok(end) => {
+                    self.skips_missed[d] = 0;
+                    end
+                }
+                Err(Undecided) => {
+                    // Back off for 1, 3, 7, then 15 containers (the count in the low bits,
+                    // the next length in the high ones).
+                    let next = ((missed >> 4) * 2 + 1).min(15);
+                    self.skips_missed[d] = (next << 4) | next;
+                    return false;
+                }
+            }
+        } else {
+            match lex_scalar(self.l, self.i) {
+                Ok(end) => end,
+                Err(Undecided) => return false,
+            }
+        };
+        let n = end - self.i;
+        let runs_on =
+            |b: Option<&u8>| matches!(b, Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'));
+        // A number on the candidate's side must end where the legacy one does.
+        if !self.same_for(n) || (!container && runs_on(self.c.get(self.j + n))) {
+            return false;
+        }
+        self.i = end;
+        self.j += n;
+        true
+    }
+
     /// The pointer of the value being walked, as the tree comparison spells it.
     fn pointer(&self) -> Result<String, Undecided> {
         use std::fmt::Write;
@@ -545,11 +596,6 @@ impl Walk<'_> {
                 end: end - 1,
                 escaped,
             };
-            let below = if pointers == 0 {
-                0
-            } else {
-                descend(self.rules, pointers, depth, seg, self.l)
-            };
             self.i = skip_ws(self.l, end);
             self.j = skip_ws(self.c, self.j + key.len());
             if self.l.get(self.i) != Some(&b':') || self.c.get(self.j) != Some(&b':') {
@@ -559,11 +605,20 @@ impl Walk<'_> {
             self.j = skip_ws(self.c, self.j + 1);
             if self.report {
                 self.keys.push(seg);
-                self.path.push(seg);
             }
-            self.value(depth + 1, in_array, below)?;
-            if self.report {
-                self.path.pop();
+            if !self.skip_same_value(depth + 1) {
+                let below = if pointers == 0 {
+                    0
+                } else {
+                    descend(self.rules, pointers, depth, seg, self.l)
+                };
+                if self.report {
+                    self.path.push(seg);
+                }
+                self.value(depth + 1, in_array, below)?;
+                if self.report {
+                    self.path.pop();
+                }
             }
             if self.separator(b'}')? {
                 break;
@@ -592,21 +647,23 @@ impl Walk<'_> {
         let mut differing: Vec<(usize, usize, usize, usize, u64)> = Vec::new();
         let mut index = 0;
         loop {
-            let below = if pointers == 0 {
-                0
-            } else {
-                descend(self.rules, pointers, depth, Seg::Index(index), self.l)
-            };
-            let (i, j) = (self.i, self.j);
-            if self.report {
-                self.path.push(Seg::Index(index));
-            }
-            self.value(depth + 1, true, below)?;
-            if self.report {
-                self.path.pop();
-            }
-            if std::mem::take(&mut self.differing) {
-                differing.push((i, self.i, j, self.j, below));
+            if !self.skip_same_value(depth + 1) {
+                let below = if pointers == 0 {
+                    0
+                } else {
+                    descend(self.rules, pointers, depth, Seg::Index(index), self.l)
+                };
+                let (i, j) = (self.i, self.j);
+                if self.report {
+                    self.path.push(Seg::Index(index));
+                }
+                self.value(depth + 1, true, below)?;
+                if self.report {
+                    self.path.pop();
+                }
+                if std::mem::take(&mut self.differing) {
+                    differing.push((i, self.i, j, self.j, below));
+                }
             }
             if self.separator(b']')? {
                 break;
