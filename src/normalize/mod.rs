@@ -7,6 +7,7 @@
 pub mod decode;
 pub mod html;
 mod lockstep;
+mod replace;
 
 use crate::diff::{self, Captured, Comparator, DiffKind, Difference, FloatTolerance, Report};
 use crate::located::{toml_error, ConfigError};
@@ -130,7 +131,7 @@ pub struct RuleSet {
     pub name: String,
     file: RulesFile,
     header_rewrites: Vec<(http::HeaderName, Regex, String)>,
-    text_replaces: Vec<(Regex, Vec<u8>)>,
+    text_replaces: Vec<replace::TextReplacement>,
     html_selectors: Vec<html::Selector>,
 }
 
@@ -187,7 +188,10 @@ impl RuleSet {
                     format!("bad regex: {e}"),
                 )
             })?;
-            text_replaces.push((re, r.replace.clone().into_bytes()));
+            text_replaces.push(replace::TextReplacement::new(
+                re,
+                r.replace.clone().into_bytes(),
+            ));
         }
         let mut html_selectors = Vec::new();
         for (i, sel) in file.html.ignore_elements.iter().enumerate() {
@@ -268,7 +272,7 @@ pub struct Rules {
     json_ignore: Vec<Vec<String>>,
     json_unordered: Vec<Vec<String>>,
     tolerance: FloatTolerance,
-    text_replaces: Vec<(Regex, Vec<u8>)>,
+    text_replaces: Vec<replace::TextReplacement>,
     fold_whitespace: bool,
     html: html::HtmlRules,
     session_ignore: Vec<Vec<String>>,
@@ -613,12 +617,36 @@ impl Rules {
 
     fn replaced<'b>(&self, body: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
         let mut v: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(body);
-        for (re, rep) in &self.text_replaces {
-            if let std::borrow::Cow::Owned(o) = re.replace_all(&v, rep.as_slice()) {
+        for r in &self.text_replaces {
+            if let std::borrow::Cow::Owned(o) = r.apply(&v) {
                 v = std::borrow::Cow::Owned(o);
             }
         }
         v
+    }
+
+    /// [`Self::replaced`] of both bodies, the candidate searched only where it differs.
+    fn replaced_pair<'b>(
+        &self,
+        a: &'b [u8],
+        b: &'b [u8],
+    ) -> (std::borrow::Cow<'b, [u8]>, std::borrow::Cow<'b, [u8]>) {
+        use std::borrow::Cow;
+        let (mut va, mut vb): (Cow<[u8]>, Cow<[u8]>) = (Cow::Borrowed(a), Cow::Borrowed(b));
+        for r in &self.text_replaces {
+            let (na, nb) = r.apply_pair(&va, &vb);
+            let (na, nb) = (
+                matches!(na, Cow::Owned(_)).then(|| na.into_owned()),
+                matches!(nb, Cow::Owned(_)).then(|| nb.into_owned()),
+            );
+            if let Some(na) = na {
+                va = Cow::Owned(na);
+            }
+            if let Some(nb) = nb {
+                vb = Cow::Owned(nb);
+            }
+        }
+        (va, vb)
     }
 
     /// Whether two HTML bodies, their text replacements made, give the same normalized token
@@ -690,7 +718,6 @@ impl Rules {
         true
     }
 
-    /// HTML body normalization: text replacements, then the token stream.
     /// The unified diff of two JSON bodies' pretty texts (normalized), made from their window
     /// when no change is near its cuts, else from the whole texts; None when the printer leaves
     /// them to the trees. Public for the fuzz target, which holds small margins to the whole
@@ -709,6 +736,7 @@ impl Rules {
         )
     }
 
+    /// HTML body normalization: text replacements, then the token stream.
     pub fn html_tokens(&self, body: &[u8]) -> html::Tokens {
         let v = self.replaced(body);
         html::tokens(&text_of(&v), &self.html)
@@ -716,7 +744,11 @@ impl Rules {
 
     /// Text body normalization: regex replacements, then whitespace folding.
     pub fn normalize_text(&self, body: &[u8]) -> Vec<u8> {
-        let v = self.replaced(body);
+        self.fold_text(self.replaced(body))
+    }
+
+    /// Whitespace folded, when the rules say so.
+    fn fold_text(&self, v: std::borrow::Cow<'_, [u8]>) -> Vec<u8> {
         if self.fold_whitespace {
             let mut out = Vec::with_capacity(v.len());
             let mut in_space = false;
@@ -1020,7 +1052,7 @@ impl Rules {
                     }
                 }
                 if identity && !is_json && looks_like_html(&legacy.headers, &legacy.body) {
-                    let replaced = (self.replaced(&legacy.body), self.replaced(&candidate.body));
+                    let replaced = self.replaced_pair(&legacy.body, &candidate.body);
                     if self.same_html(&replaced.0, &replaced.1) {
                         return Some(unified);
                     }
@@ -1079,8 +1111,16 @@ impl Rules {
                     unified = unify(pa.as_bytes(), pb.as_bytes());
                 }
             } else {
-                let a = self.normalize_text(&legacy.body);
-                let b = self.normalize_text(&candidate.body);
+                // The exhaustive comparison replaces in each body alone, the others in the pair.
+                let (a, b) = if path == BodyPath::Trees {
+                    (
+                        self.normalize_text(&legacy.body),
+                        self.normalize_text(&candidate.body),
+                    )
+                } else {
+                    let (a, b) = self.replaced_pair(&legacy.body, &candidate.body);
+                    (self.fold_text(a), self.fold_text(b))
+                };
                 if !diff::diff_bodies(&legacy.headers, &a, &b, &self.tolerance, differences) {
                     unified = unify(&a, &b);
                 }
