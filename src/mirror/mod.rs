@@ -251,8 +251,7 @@ pub fn spawn_exchange(
     // Boxed: the exchange's state is kilobytes, and tokio moves a task's future several times
     // on its way into the task; a box is moved as a pointer.
     tokio::spawn(Box::pin(async move {
-        let holding = holding;
-        exchange(&holding.0, &entry, request, head).await;
+        exchange(holding, &entry, request, head).await;
     }));
 }
 
@@ -440,11 +439,12 @@ fn log_exchange(
 }
 
 async fn exchange(
-    mirror: &Mirror,
+    holding: Holding,
     entry: &Arc<RouteEntry>,
     mut request: ShadowRequest,
     head: oneshot::Receiver<LegacyHead>,
 ) {
+    let mirror: &Mirror = &holding.0;
     let ticket = request.ticket.take();
     let use_twin = mirror.twin.is_some()
         && crate::upstream::is_safe(&request.parts.method)
@@ -478,7 +478,9 @@ async fn exchange(
         Some((permit, other_side, twin))
     };
     let (calls, served) = tokio::join!(calls, legacy_side(mirror, &request, ticket, head));
-    let Some((running, other_side, twin)) = calls else {
+    // Moved out whole (`identity`): the permit borrows the mirror, whose hold may be handed
+    // to the blocking pool below.
+    let Some((running, other_side, twin)) = std::convert::identity(calls) else {
         return;
     };
     let (candidate, legacy) = if request.reverse {
@@ -657,40 +659,46 @@ async fn exchange(
                     .map(|twin_report| (report, Some(twin_report))),
             })
     };
-    let (legacy_decoded, report, twin_report) = match quick {
-        Some((report, twin_report)) => (Some(legacy), report, twin_report),
+    // What is left once the bodies are compared (judging, counting, sampling) takes no IO: a
+    // comparison handed to the blocking pool finishes there, and this task ends without
+    // waiting for it (a wake-up of this thread per comparison saved). The hold on the mirror
+    // goes with it, so the exchange's slot is given back only when it is done.
+    let entry = Arc::clone(entry);
+    let conclude = move |mirror: &Mirror,
+                         legacy_decoded: Option<Captured>,
+                         mut report: Report,
+                         twin_report: Option<Report>| {
+        let Some(legacy) = legacy_decoded else {
+            entry.stats.outcome(Outcome::Skipped, None, None);
+            return;
+        };
+        report.differences.extend(session_differences);
+        finish(
+            mirror,
+            &entry,
+            Finished {
+                request: &request,
+                legacy: &legacy,
+                legacy_time,
+                candidate_status,
+                candidate_time,
+                report,
+                twin_report,
+            },
+        );
+    };
+    match quick {
+        Some((report, twin_report)) => conclude(&holding.0, Some(legacy), report, twin_report),
         None => {
             let rules = settings.rules.clone();
-            match tokio::task::spawn_blocking(move || compare(&rules, legacy, candidate, twin))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    entry.stats.outcome(Outcome::Skipped, None, None);
-                    return;
-                }
-            }
+            // Dropped unrun (a runtime shutting down), the closure drops its hold as well.
+            drop(tokio::task::spawn_blocking(move || {
+                let (legacy_decoded, report, twin_report) =
+                    compare(&rules, legacy, candidate, twin);
+                conclude(&holding.0, legacy_decoded, report, twin_report);
+            }));
         }
-    };
-    let Some(legacy) = legacy_decoded else {
-        entry.stats.outcome(Outcome::Skipped, None, None);
-        return;
-    };
-    let mut report = report;
-    report.differences.extend(session_differences);
-    finish(
-        mirror,
-        entry,
-        Finished {
-            request: &request,
-            legacy: &legacy,
-            legacy_time,
-            candidate_status,
-            candidate_time,
-            report,
-            twin_report,
-        },
-    );
+    }
 }
 
 /// Hands the exchange to the recorder when it is in the recorded share (sticky per session).

@@ -67,7 +67,11 @@ impl TextReplacement {
             Some((_, end, out_end)) => (end, out_end),
             None => (0, 0),
         };
-        let mut out_b = out_a[..copied].to_vec();
+        let mut out_b = Vec::new();
+        if copied > 0 {
+            out_b.reserve(b.len() + self.with.len());
+            out_b.extend_from_slice(&out_a[..copied]);
+        }
         let mut last = at;
         // Whether the candidate's text has a replacement in it (else it is the body itself).
         let mut replaced_b = shared > 0;
@@ -84,6 +88,7 @@ impl TextReplacement {
                         Some((_, end, out_end)) => out_end + (pa - end),
                         None => pa,
                     };
+                    out_b.reserve(at - last + out_a.len() - from);
                     out_b.extend_from_slice(&b[last..at]);
                     out_b.extend_from_slice(&out_a[from..]);
                     replaced_b |= next < matches.len();
@@ -152,6 +157,10 @@ impl TextReplacement {
     ) -> Option<(usize, usize)> {
         // `$` in the replacement names groups: expanded from the match's captures, as
         // `replace_all` does.
+        // The replaced text is about as long as the body: one allocation, not a doubling run.
+        if out.capacity() == 0 {
+            out.reserve(hay.len() + self.with.len());
+        }
         let (start, end) = if memchr::memchr(b'$', &self.with).is_some() {
             let caps = self.re.captures_at(hay, at)?;
             let m = caps.get(0)?;
