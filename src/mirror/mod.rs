@@ -663,19 +663,19 @@ async fn exchange(
     // comparison handed to the blocking pool finishes there, and this task ends without
     // waiting for it (a wake-up of this thread per comparison saved). The hold on the mirror
     // goes with it, so the exchange's slot is given back only when it is done.
-    let entry = Arc::clone(entry);
+    let route = Arc::clone(entry);
     let conclude = move |mirror: &Mirror,
                          legacy_decoded: Option<Captured>,
                          mut report: Report,
                          twin_report: Option<Report>| {
         let Some(legacy) = legacy_decoded else {
-            entry.stats.outcome(Outcome::Skipped, None, None);
+            route.stats.outcome(Outcome::Skipped, None, None);
             return;
         };
         report.differences.extend(session_differences);
         finish(
             mirror,
-            &entry,
+            &route,
             Finished {
                 request: &request,
                 legacy: &legacy,
@@ -691,11 +691,19 @@ async fn exchange(
         Some((report, twin_report)) => conclude(&holding.0, Some(legacy), report, twin_report),
         None => {
             let rules = settings.rules.clone();
+            let entry_on_panic = Arc::clone(entry);
             // Dropped unrun (a runtime shutting down), the closure drops its hold as well.
             drop(tokio::task::spawn_blocking(move || {
-                let (legacy_decoded, report, twin_report) =
-                    compare(&rules, legacy, candidate, twin);
-                conclude(&holding.0, legacy_decoded, report, twin_report);
+                // A comparison that panics is counted as skipped, as a failed task was.
+                let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    compare(&rules, legacy, candidate, twin)
+                }));
+                match compared {
+                    Ok((legacy_decoded, report, twin_report)) => {
+                        conclude(&holding.0, legacy_decoded, report, twin_report)
+                    }
+                    Err(_) => entry_on_panic.stats.outcome(Outcome::Skipped, None, None),
+                }
             }));
         }
     }

@@ -155,12 +155,12 @@ impl TextReplacement {
         out: &mut Vec<u8>,
         last: &mut usize,
     ) -> Option<(usize, usize)> {
-        // `$` in the replacement names groups: expanded from the match's captures, as
-        // `replace_all` does.
         // The replaced text is about as long as the body: one allocation, not a doubling run.
         if out.capacity() == 0 {
             out.reserve(hay.len() + self.with.len());
         }
+        // `$` in the replacement names groups: expanded from the match's captures, as
+        // `replace_all` does.
         let (start, end) = if memchr::memchr(b'$', &self.with).is_some() {
             let caps = self.re.captures_at(hay, at)?;
             let m = caps.get(0)?;
