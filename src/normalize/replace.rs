@@ -155,20 +155,25 @@ impl TextReplacement {
         out: &mut Vec<u8>,
         last: &mut usize,
     ) -> Option<(usize, usize)> {
-        // The replaced text is about as long as the body: one allocation, not a doubling run.
-        if out.capacity() == 0 {
-            out.reserve(hay.len() + self.with.len());
-        }
+        // The replaced text is about as long as the body: one allocation at the first match
+        // (none when nothing matches), not a doubling run.
+        let reserve = |out: &mut Vec<u8>| {
+            if out.capacity() == 0 {
+                out.reserve(hay.len() + self.with.len());
+            }
+        };
         // `$` in the replacement names groups: expanded from the match's captures, as
         // `replace_all` does.
         let (start, end) = if memchr::memchr(b'$', &self.with).is_some() {
             let caps = self.re.captures_at(hay, at)?;
             let m = caps.get(0)?;
+            reserve(out);
             out.extend_from_slice(&hay[*last..m.start()]);
             caps.expand(&self.with, out);
             (m.start(), m.end())
         } else {
             let m = self.re.find_at(hay, at)?;
+            reserve(out);
             out.extend_from_slice(&hay[*last..m.start()]);
             out.extend_from_slice(&self.with);
             (m.start(), m.end())
