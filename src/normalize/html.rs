@@ -252,6 +252,11 @@ fn is_void(tag: &str) -> bool {
 /// Elements whose content is text up to their end tag.
 const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title"];
 
+/// A byte of a tag name the skim takes as it is: lower case or a digit.
+fn is_plain_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
 fn is_raw_text(tag: &str) -> bool {
     RAW_TEXT.contains(&tag)
 }
@@ -680,16 +685,16 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skims the steps that read nothing at or past `limit`: the common ones (text, and tags
-    /// with a plain lower-case name that no ignored-element selector could match) here, the
-    /// rest through `next_extent` and `skim`, to the same state.
+    /// with a plain lower-case name that no ignored-element selector could match) by
+    /// `skim_plain`, the rest through `next_extent` and `skim`, to the same state.
     fn skim_until(&mut self, limit: usize) {
         while self.i < self.html.len() {
-            if !self.paths && self.raw_until.is_none() && self.skipping.is_none() {
-                match self.skim_plain(limit) {
-                    Some(true) => continue,
-                    Some(false) => return,
-                    None => {}
-                }
+            if !self.paths
+                && self.raw_until.is_none()
+                && self.skipping.is_none()
+                && self.skim_plain(limit)
+            {
+                return;
             }
             if self.next_extent() > limit || self.skim().is_none() {
                 return;
@@ -697,71 +702,78 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// One plain step skimmed: Some(true) when taken, Some(false) when it would read at or past
-    /// `limit`, None when the step is not a plain one (`skim` takes it).
-    fn skim_plain(&mut self, limit: usize) -> Option<bool> {
-        let plain = |name: &[u8]| {
-            !name.is_empty()
-                && name
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        };
-        let (html, i) = (self.html, self.i);
-        let rest = &html.as_bytes()[i..];
-        let rel = memchr::memchr(b'<', rest)?;
-        if rel > 0 {
-            // Text: its step reads the `<` that ends it.
-            if i + rel + 1 > limit {
-                return Some(false);
+    /// Plain steps skimmed, a text and the tag after it at a time, until one would read at or
+    /// past `limit` (true) or the next step is not a plain one (false: `skim` takes it).
+    fn skim_plain(&mut self, limit: usize) -> bool {
+        let (html, bytes) = (self.html, self.html.as_bytes());
+        loop {
+            let i = self.i;
+            let Some(rel) = memchr::memchr(b'<', &bytes[i..]) else {
+                return false;
+            };
+            let at = i + rel;
+            // A text's step reads the `<` that ends it.
+            if at + 1 > limit {
+                return true;
             }
-            self.i = i + rel;
-            return Some(true);
-        }
-        let close = memchr::memchr(b'>', rest)?;
-        // Every step at a `<` reads at least to the first `>`.
-        if i + close + 1 > limit {
-            return Some(false);
-        }
-        let inner = &rest[1..close];
-        if let Some(name) = inner.strip_prefix(b"/") {
-            if !plain(name) {
-                return None;
+            self.i = at;
+            let Some(close) = memchr::memchr(b'>', &bytes[at..]) else {
+                return false;
+            };
+            // Every step at a `<` reads at least to the first `>`.
+            if at + close + 1 > limit {
+                return true;
             }
-            let tag = &html[i + 2..i + close];
-            self.i = i + close + 1;
-            if let Some(pos) = self.stack.iter().rposition(|o| o.tag == tag) {
-                if pos > 0 {
-                    self.stack.truncate(pos);
+            let inner = &bytes[at + 1..at + close];
+            let Some((&first, name)) = inner.split_first() else {
+                return false;
+            };
+            if first == b'/' {
+                if name.is_empty() || !name.iter().all(|&b| is_plain_name_byte(b)) {
+                    return false;
                 }
+                let tag = &html[at + 2..at + close];
+                self.i = at + close + 1;
+                if let Some(pos) = self.stack.iter().rposition(|o| o.tag == tag) {
+                    if pos > 0 {
+                        self.stack.truncate(pos);
+                    }
+                }
+                continue;
             }
-            return Some(true);
+            if !first.is_ascii_lowercase() {
+                return false;
+            }
+            // The name runs to white space or `/`; every byte of it plain, in one pass.
+            let mut name_end = 1;
+            for &b in name {
+                if b.is_ascii_whitespace() || b == b'/' {
+                    break;
+                }
+                if !is_plain_name_byte(b) {
+                    return false;
+                }
+                name_end += 1;
+            }
+            let tag = &html[at + 1..at + 1 + name_end];
+            if is_raw_text(tag)
+                || self
+                    .rules
+                    .ignore_elements
+                    .iter()
+                    .any(|s| s.could_match(tag))
+            {
+                return false;
+            }
+            self.i = at + close + 1;
+            if !is_void(tag) && !inner.ends_with(b"/") && self.stack.len() < 512 {
+                self.stack.push(Open {
+                    tag: Cow::Borrowed(tag),
+                    children: Vec::new(),
+                    path: None,
+                });
+            }
         }
-        let name_end = inner
-            .iter()
-            .position(|&c| c.is_ascii_whitespace() || c == b'/')
-            .unwrap_or(inner.len());
-        if !plain(&inner[..name_end]) || !inner[0].is_ascii_lowercase() {
-            return None;
-        }
-        let tag = &html[i + 1..i + 1 + name_end];
-        if is_raw_text(tag)
-            || self
-                .rules
-                .ignore_elements
-                .iter()
-                .any(|s| s.could_match(tag))
-        {
-            return None;
-        }
-        self.i = i + close + 1;
-        if !is_void(tag) && !inner.ends_with(b"/") && self.stack.len() < 512 {
-            self.stack.push(Open {
-                tag: Cow::Borrowed(tag),
-                children: Vec::new(),
-                path: None,
-            });
-        }
-        Some(true)
     }
 
     /// One step that only moves the state (the open elements, an ignored element being
